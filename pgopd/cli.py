@@ -1,0 +1,117 @@
+"""``pgopd <stage>``: the thin entry points the Snakemake rules call.
+
+Every stage takes ``--params``: the JSON of its own config slice (what the rule's
+``params:`` hold, so a change to that slice reruns that stage only).  The slice is parsed
+by :mod:`pgopd.config`, so a bad value stops the stage with the key named.  ``pgopd
+<stage> --help`` lists every option of the slice with its default and range.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import config as C
+
+
+def _params(cls, prefix):
+    def parse(text: str):
+        if text.startswith("@"):
+            text = Path(text[1:]).read_text()
+        try:
+            raw = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"--params is not valid JSON: {e}")
+        return C.parse_dataclass(cls, raw, prefix)
+    return parse
+
+
+def _add(sub, name, cls, prefix, help):
+    epilog = f"Options in --params (JSON of the '{prefix}' config slice):\n" + "\n".join(C.describe(cls, prefix))
+    p = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default="{}", type=str,
+                   help=f"JSON (or @file) of the '{prefix}' slice; missing keys take their defaults")
+    p.set_defaults(_cls=cls, _prefix=prefix)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="pgopd",
+        description="On-policy distillation (OPD) with PG-OPD and Prune-OPD rollout allocation. "
+                    "Each subcommand is one stage of the Snakemake workflow.")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    sub = ap.add_subparsers(dest="stage", required=True)
+
+    p = _add(sub, "prepare-data", C.DataConfig, "data",
+             "Write the training prompts and every benchmark as {id, prompt, answer} jsonl.")
+    p.add_argument("--out-dir", required=True, type=Path, help="writes train.jsonl, bench/<name>.jsonl, stats.json")
+
+    p = _add(sub, "build-toy-models", C.ToyModelsConfig, "toy_models",
+             "Build the char tokenizer and train the toy teacher and student from scratch.")
+    p.add_argument("--train", required=True, type=Path, help="train.jsonl from prepare-data (worked solutions)")
+    p.add_argument("--out-dir", required=True, type=Path, help="writes teacher/ and student/ (HF format), build.json")
+
+    p = _add(sub, "cache-teacher", C.TeacherCacheConfig, "teacher_cache",
+             "Sample the teacher once on the training prompts; keep samples, correctness, top-k log-probs.")
+    p.add_argument("--teacher", required=True, help="teacher model path or HF id")
+    p.add_argument("--students", nargs="+", default=[], help="student models whose tokenizers must match")
+    p.add_argument("--train", required=True, type=Path, help="train.jsonl from prepare-data")
+    p.add_argument("--out-dir", required=True, type=Path, help="writes samples.jsonl, topk.pt, summary.json")
+
+    p = _add(sub, "train", C.TrainConfig, "train", "On-policy distillation of the student with one method.")
+    p.add_argument("--method", required=True, choices=C.ALL_METHODS, help="allocation policy")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--teacher", required=True, help="teacher model path or HF id")
+    p.add_argument("--student", required=True, help="student model path or HF id")
+    p.add_argument("--train-data", required=True, type=Path, help="train.jsonl from prepare-data")
+    p.add_argument("--teacher-cache", required=True, type=Path, help="directory written by cache-teacher")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="summary.json of the run a matched control copies its length / rate from")
+    p.add_argument("--out-dir", required=True, type=Path,
+                   help="writes checkpoint/ (HF), metrics.jsonl, candidates.jsonl, summary.json, tb/")
+
+    p = _add(sub, "evaluate", C.EvalConfig, "eval", "avg@k accuracy of one model on one benchmark.")
+    p.add_argument("--model", required=True, help="model path or HF id")
+    p.add_argument("--bench", required=True, type=Path, help="bench/<name>.jsonl from prepare-data")
+    p.add_argument("--out", required=True, type=Path, help="output prefix: writes <out>.jsonl and <out>.json")
+
+    p = sub.add_parser("report", help="Paper tables (CSV, markdown) from every evaluation and training run.")
+    p.add_argument("--eval", nargs="+", required=True, type=Path, help="summary json files from evaluate")
+    p.add_argument("--train", nargs="*", default=[], type=Path, help="summary.json files from train")
+    p.add_argument("--out-dir", required=True, type=Path, help="writes main.csv, main.md")
+
+    p = sub.add_parser("schema", help="Print the JSON schema of the whole config (workflow/schemas/).")
+    return ap
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=os.environ.get("PGOPD_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.stage == "schema":
+        print(json.dumps(C.json_schema(), indent=2))
+        return 0
+    if hasattr(args, "_cls"):
+        try:
+            args.cfg = _params(args._cls, args._prefix)(args.params)
+        except (C.ConfigError, argparse.ArgumentTypeError) as e:
+            print(f"pgopd {args.stage}: config error: {e}", file=sys.stderr)
+            return 2
+    from . import stages  # heavy imports (torch) only once the arguments are known
+
+    try:
+        getattr(stages, args.stage.replace("-", "_"))(args)
+    except C.ConfigError as e:
+        print(f"pgopd {args.stage}: config error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""Typed configuration: the one place where every option, its default and its range live.
+
+The YAML config is parsed into these dataclasses by :func:`parse`, which names the full key
+(``train.pgopd.prefix_len``) in every error.  The JSON schema Snakemake validates against
+(``workflow/schemas/config.schema.json``) is generated from the same dataclasses by
+:func:`json_schema`, so the two cannot drift apart (a test checks the committed copy).
+
+Field metadata: ``help`` (shown by ``pgopd <stage> --help``), ``min`` / ``max`` (inclusive),
+``choices`` (allowed strings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+METHODS = ("opd", "pgopd", "pruneopd")
+CONTROLS = ("continue_all", "reweight_only", "fixed_truncation", "random_prune")
+ALL_METHODS = METHODS + CONTROLS
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and what is allowed."""
+
+
+def opt(default, help: str, *, min=None, max=None, choices=None):
+    """A dataclass field with help text and range metadata."""
+    meta = {"help": help}
+    if min is not None:
+        meta["min"] = min
+    if max is not None:
+        meta["max"] = max
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=lambda d=default: dataclasses.replace(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def sub(cls, help: str):
+    return field(default_factory=cls, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class SyntheticConfig:
+    """The embedded default task: multi-step integer arithmetic with worked solutions."""
+    n_train: int = opt(3000, "number of training prompts", min=1)
+    operand_max: int = opt(30, "operands are drawn from 1..operand_max", min=2, max=999)
+    min_ops: int = opt(1, "fewest operations (+/-) in a training problem", min=1, max=8)
+    max_ops: int = opt(3, "most operations (+/-) in a training problem", min=1, max=8)
+    seed: int = opt(0, "seed of the generator", min=0)
+
+
+@dataclass
+class BenchmarkConfig:
+    """One evaluation set: synthetic (``ops`` operations) or a real file."""
+    source: str = opt("synthetic", "where the problems come from", choices=("synthetic", "file"))
+    ops: int = opt(1, "synthetic only: operations per problem (difficulty)", min=1, max=8)
+    n: int = opt(50, "number of problems (synthetic: generated; file: first n, 0 = all)", min=0)
+    seed: int = opt(1, "synthetic only: seed, kept apart from the training seed", min=0)
+    path: str = opt("", "file only: parquet or jsonl path")
+    prompt_field: str = opt("", "file only: prompt column ('' = auto: verl 'prompt' or 'problem')")
+    answer_field: str = opt("", "file only: answer column ('' = auto: verl "
+                            "'reward_model.ground_truth' or 'answer')")
+    id_field: str = opt("", "file only: id column ('' = row number)")
+
+
+@dataclass
+class TrainDataConfig:
+    source: str = opt("synthetic", "training prompts: synthetic task or a file", choices=("synthetic", "file"))
+    path: str = opt("", "file only: parquet or jsonl path")
+    prompt_field: str = opt("", "file only: prompt column ('' = auto)")
+    answer_field: str = opt("", "file only: answer column ('' = auto)")
+    id_field: str = opt("", "file only: id column ('' = row number)")
+    limit: int = opt(0, "keep the first `limit` rows (0 = all)", min=0)
+
+
+@dataclass
+class DataConfig:
+    train: TrainDataConfig = sub(TrainDataConfig, "training prompt set")
+    synthetic: SyntheticConfig = sub(SyntheticConfig, "embedded synthetic task")
+    benchmarks: dict = opt(
+        {
+            "easy": {"source": "synthetic", "ops": 1, "n": 50, "seed": 101},
+            "medium": {"source": "synthetic", "ops": 2, "n": 50, "seed": 102},
+            "hard": {"source": "synthetic", "ops": 3, "n": 50, "seed": 103},
+        },
+        "name -> benchmark; names become table columns")
+    on_bad_row: str = opt("error", "a malformed row (no answer, empty prompt): stop with its id, "
+                          "or skip it and count it", choices=("error", "skip"))
+    system_prompt: str = opt("", "optional system message put before every prompt")
+    prompt_suffix: str = opt("", "text appended to every user prompt (e.g. the \\boxed{} instruction)")
+
+    _item_types = {"benchmarks": BenchmarkConfig}
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class ToyModelConfig:
+    """A tiny Qwen2-architecture model trained from scratch on the synthetic solutions."""
+    n_layers: int = opt(4, "transformer layers", min=1, max=48)
+    d_model: int = opt(128, "hidden size", min=16)
+    n_heads: int = opt(4, "attention heads (head size d_model/n_heads; vLLM needs >= 32)", min=1)
+    d_ff: int = opt(0, "MLP size (0 = 4 * d_model)", min=0)
+    train_steps: int = opt(1200, "supervised steps on worked solutions", min=0)
+    batch_size: int = opt(64, "sequences per step", min=1)
+    lr: float = opt(3e-3, "peak learning rate (one-cycle)", min=0.0)
+    seed: int = opt(0, "init and data-order seed", min=0)
+
+
+@dataclass
+class ToyModelsConfig:
+    teacher: ToyModelConfig = sub(ToyModelConfig, "toy teacher")
+    student: ToyModelConfig = opt(ToyModelConfig(n_layers=2, d_model=64, n_heads=2, train_steps=150,
+                                                 batch_size=64, lr=3e-3, seed=1),
+                                  "toy student (short warm start: clearly weaker)")
+
+
+@dataclass
+class PairConfig:
+    teacher: str = opt("toy", "'toy' (built by build_toy_models), a local path or an HF model id")
+    student: str = opt("toy", "'toy' (built by build_toy_models), a local path or an HF model id")
+
+
+# ----------------------------------------------------------------------------- teacher cache
+@dataclass
+class TeacherCacheConfig:
+    n_samples: int = opt(1, "teacher samples per training prompt", min=1)
+    max_new_tokens: int = opt(64, "generation length limit", min=1)
+    temperature: float = opt(0.7, "sampling temperature (0 = greedy)", min=0.0)
+    top_p: float = opt(1.0, "nucleus sampling mass", min=0.0, max=1.0)
+    logprobs_k: int = opt(8, "top-k log-probs kept per token", min=1)
+    batch_size: int = opt(256, "prompts per generation batch", min=1)
+    seed: int = opt(0, "sampling seed", min=0)
+
+
+# ----------------------------------------------------------------------------- methods
+@dataclass
+class PGOPDConfig:
+    """PG-OPD (prefix-guided): decode all to prefix_len, continue only high-overlap ones."""
+    prefix_len: int = opt(12, "tokens every candidate decodes before the probe decision", min=1)
+    probe_start: int = opt(0, "first response position of the probe window", min=0)
+    probe_end: int = opt(12, "end (exclusive) of the probe window, <= prefix_len", min=1)
+    threshold: Optional[float] = opt(None, "continue if probe overlap >= threshold (null: use top_fraction)",
+                                     min=0.0, max=1.0)
+    top_fraction: float = opt(0.5, "fraction of each prompt's group that continues", min=0.0, max=1.0)
+    low_overlap: str = opt("train_prefix", "what happens to stopped candidates",
+                           choices=("train_prefix", "drop"))
+
+
+@dataclass
+class PruneOPDConfig:
+    """Prune-OPD: monitor sliding-window overlap, down-weight after drift, truncate severe drift."""
+    window: int = opt(8, "sliding window (tokens) of the overlap monitor", min=1)
+    drift_threshold: float = opt(0.5, "window overlap below this is a drift event", min=0.0, max=1.0)
+    decay: float = opt(0.5, "weight multiplier per drift event", min=0.0, max=1.0)
+    truncate_threshold: float = opt(0.25, "window overlap below this truncates the rollout", min=0.0, max=1.0)
+    min_weight: float = opt(0.1, "weight below this truncates the rollout", min=0.0, max=1.0)
+    initial_window: int = opt(24, "initial training window (tokens)", min=1)
+    expand_threshold: float = opt(0.7, "window expands while mean overlap stays above this", min=0.0, max=1.0)
+    expand_by: int = opt(16, "tokens added to the window per expansion", min=1)
+
+
+@dataclass
+class ControlsConfig:
+    """Matched controls; lengths and rates are measured from a reference run when null."""
+    enabled: bool = opt(False, "also train continue_all, reweight_only, fixed_truncation, random_prune")
+    fixed_truncation_len: Optional[int] = opt(None, "length for fixed_truncation (null: matched to "
+                                              "the reference run's mean generated tokens)", min=1)
+    random_continue_rate: Optional[float] = opt(None, "continue rate for random_prune (null: matched "
+                                                "to the reference run)", min=0.0, max=1.0)
+    reference: str = opt("pgopd", "run the matched controls copy their numbers from", choices=METHODS[1:])
+
+
+@dataclass
+class TrainConfig:
+    methods: list = opt(["opd", "pgopd", "pruneopd"], "methods trained for every pair and seed",
+                        choices=METHODS)
+    steps: int = opt(40, "optimizer steps", min=1)
+    prompts_per_step: int = opt(16, "prompts per step", min=1)
+    n_samples: int = opt(4, "student responses per prompt", min=1)
+    max_new_tokens: int = opt(48, "rollout length limit", min=1)
+    chunk_size: int = opt(8, "tokens generated between teacher scoring / policy decisions", min=1)
+    temperature: float = opt(1.0, "rollout sampling temperature", min=0.0)
+    top_p: float = opt(1.0, "rollout nucleus mass", min=0.0, max=1.0)
+    overlap_k: int = opt(8, "k of the top-k overlap", min=1)
+    loss_top_k: int = opt(0, "0: reward on the sampled token (PG); k>0: reverse KL over the student's top-k",
+                          min=0)
+    lr: float = opt(5e-4, "learning rate (constant after warmup)", min=0.0)
+    warmup_steps: int = opt(0, "linear warmup steps", min=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
+    grad_clip: float = opt(1.0, "gradient norm clip (0 = off)", min=0.0)
+    zero_stage: int = opt(0, "DeepSpeed ZeRO stage", min=0, max=3)
+    bf16: bool = opt(False, "bf16 training (DeepSpeed)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward")
+    select_solved: bool = opt(False, "keep only prompts the teacher solved in the cache")
+    cold_start_steps: int = opt(0, "off-policy SFT steps on cached teacher samples before OPD", min=0)
+    save_every: int = opt(0, "checkpoint every N steps (0 = only at the end)", min=0)
+    max_bad_steps: int = opt(5, "non-finite steps tolerated before the run stops", min=0)
+    backend: str = opt("hf", "rollout backend", choices=("hf", "vllm"))
+    pgopd: PGOPDConfig = sub(PGOPDConfig, "PG-OPD knobs")
+    pruneopd: PruneOPDConfig = sub(PruneOPDConfig, "Prune-OPD knobs")
+    controls: ControlsConfig = sub(ControlsConfig, "matched controls")
+
+
+@dataclass
+class EvalConfig:
+    k: int = opt(4, "samples per problem (avg@k)", min=1)
+    temperature: float = opt(0.7, "sampling temperature (0 = greedy)", min=0.0)
+    top_p: float = opt(0.95, "nucleus mass", min=0.0, max=1.0)
+    max_new_tokens: int = opt(64, "generation length limit", min=1)
+    batch_size: int = opt(256, "sequences per generation batch", min=1)
+    grade_timeout_s: float = opt(5.0, "math-verify time limit per answer (s)", min=0.1)
+    seed: int = opt(1234, "sampling seed", min=0)
+
+
+@dataclass
+class Config:
+    pairs: dict = opt({"toy": {"teacher": "toy", "student": "toy"}}, "name -> teacher-student pair")
+    seeds: list = opt([0], "training seeds; every training and evaluation job fans out over them", min=0)
+    data: DataConfig = sub(DataConfig, "data preparation")
+    toy_models: ToyModelsConfig = sub(ToyModelsConfig, "toy models (pairs that name 'toy')")
+    teacher_cache: TeacherCacheConfig = sub(TeacherCacheConfig, "teacher caching")
+    train: TrainConfig = sub(TrainConfig, "on-policy distillation")
+    eval: EvalConfig = sub(EvalConfig, "benchmark evaluation")
+
+    _item_types = {"pairs": PairConfig}
+
+
+# ----------------------------------------------------------------------------- parsing
+def _type_name(tp) -> str:
+    return {int: "integer", float: "number", bool: "boolean", str: "string", list: "list",
+            dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_scalar(key: str, value, tp, meta):
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(str, choices))}")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key}: {value!r} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: {value!r} is above the maximum {hi}")
+    return value
+
+
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _parse_value(key: str, value, tp, meta, item_type=None):
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[x]
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _parse_value(key, value, inner, meta)
+    if dataclasses.is_dataclass(tp):
+        return parse_dataclass(tp, value, key)
+    if tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if not value:
+            raise ConfigError(f"{key}: must not be empty")
+        out = []
+        for i, v in enumerate(value):
+            if "choices" in meta:
+                out.append(_check_scalar(f"{key}[{i}]", v, str, meta))
+            else:
+                out.append(_check_scalar(f"{key}[{i}]", v, int, meta))
+        if len(set(out)) != len(out):
+            raise ConfigError(f"{key}: duplicate entries in {value!r}")
+        return out
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        if not value:
+            raise ConfigError(f"{key}: must not be empty")
+        out = {}
+        for name, v in value.items():
+            if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+                raise ConfigError(f"{key}: name {name!r} must be letters, digits, '-' or '_'")
+            out[name] = parse_dataclass(item_type, v, f"{key}.{name}") if item_type else v
+        return out
+    if value is None:
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got null")
+    return _check_scalar(key, value, tp, meta)
+
+
+def parse_dataclass(cls, raw, prefix: str = ""):
+    """Build ``cls`` from a mapping, checking keys, types and ranges; errors name the key."""
+    where = prefix or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    types = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        k = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{k}: unknown key; allowed keys under {where}: {', '.join(fields)}")
+    item_types = getattr(cls, "_item_types", {})
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            kwargs[name] = _parse_value(key, raw[name], types[name], f.metadata, item_types.get(name))
+        elif name in item_types:  # default mapping of sub-configs
+            default = f.default_factory()
+            kwargs[name] = _parse_value(key, default, dict, f.metadata, item_types[name])
+    obj = cls(**kwargs)
+    _cross_checks(obj, prefix)
+    return obj
+
+
+def _cross_checks(obj, prefix):
+    def err(k, msg):
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: {msg}")
+
+    if isinstance(obj, SyntheticConfig) and obj.min_ops > obj.max_ops:
+        err("min_ops", f"{obj.min_ops} is larger than max_ops ({obj.max_ops})")
+    if isinstance(obj, BenchmarkConfig) and obj.source == "file" and not obj.path:
+        err("path", "a benchmark with source: file needs a path")
+    if isinstance(obj, TrainDataConfig) and obj.source == "file" and not obj.path:
+        err("path", "source: file needs a path")
+    if isinstance(obj, ToyModelConfig) and obj.d_model % obj.n_heads:
+        err("n_heads", f"d_model ({obj.d_model}) must be divisible by n_heads ({obj.n_heads})")
+    if isinstance(obj, PGOPDConfig):
+        if obj.probe_end > obj.prefix_len:
+            err("probe_end", f"{obj.probe_end} is beyond prefix_len ({obj.prefix_len})")
+        if obj.probe_start >= obj.probe_end:
+            err("probe_start", f"{obj.probe_start} must be below probe_end ({obj.probe_end})")
+    if isinstance(obj, PruneOPDConfig) and obj.truncate_threshold > obj.drift_threshold:
+        err("truncate_threshold", f"{obj.truncate_threshold} must not exceed drift_threshold "
+            f"({obj.drift_threshold})")
+    if isinstance(obj, TrainConfig):
+        if obj.pgopd.prefix_len > obj.max_new_tokens:
+            err("pgopd.prefix_len", f"{obj.pgopd.prefix_len} exceeds max_new_tokens ({obj.max_new_tokens})")
+
+
+def parse(raw: dict) -> Config:
+    """Parse a whole config mapping (as loaded from YAML)."""
+    return parse_dataclass(Config, raw)
+
+
+def load(path: str | Path) -> Config:
+    import yaml
+
+    with open(path) as fh:
+        raw = yaml.safe_load(fh)
+    return parse(raw)
+
+
+def to_dict(obj) -> Any:
+    """Plain dict/list form of a config object (what rules pass to ``pgopd`` as params)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------- schema + help
+def json_schema(cls=Config) -> dict:
+    """JSON schema (draft 7) equivalent to the dataclass checks that a schema can express."""
+    types = _field_types(cls)
+    props = {}
+    item_types = getattr(cls, "_item_types", {})
+    for f in dataclasses.fields(cls):
+        props[f.name] = _schema_for(types[f.name], f.metadata, item_types.get(f.name))
+        if f.metadata.get("help"):
+            props[f.name]["description"] = f.metadata["help"]
+    out = {"type": "object", "additionalProperties": False, "properties": props}
+    if cls is Config:
+        out = {"$schema": "http://json-schema.org/draft-07/schema#", **out}
+    return out
+
+
+def _schema_for(tp, meta, item_type=None) -> dict:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        s = _schema_for(inner, meta)
+        s["type"] = [s["type"], "null"]
+        return s
+    if dataclasses.is_dataclass(tp):
+        return json_schema(tp)
+    if tp is list:
+        item = {"type": "string", "enum": list(meta["choices"])} if "choices" in meta else {"type": "integer"}
+        if "min" in meta and "choices" not in meta:
+            item["minimum"] = meta["min"]
+        return {"type": "array", "minItems": 1, "uniqueItems": True, "items": item}
+    if tp is dict:
+        s = {"type": "object", "minProperties": 1}
+        if item_type:
+            s["additionalProperties"] = json_schema(item_type)
+        return s
+    s = {"type": {int: "integer", float: "number", bool: "boolean", str: "string"}[tp]}
+    if "choices" in meta:
+        s["enum"] = list(meta["choices"])
+    if "min" in meta:
+        s["minimum"] = meta["min"]
+    if "max" in meta:
+        s["maximum"] = meta["max"]
+    return s
+
+
+def describe(cls, prefix: str = "") -> list[str]:
+    """One line per option: ``key (default): help`` — used in ``pgopd <stage> --help``."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe(tp, key)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        extra = ""
+        if "choices" in f.metadata:
+            extra = f" [{' | '.join(map(str, f.metadata['choices']))}]"
+        elif "min" in f.metadata or "max" in f.metadata:
+            extra = f" [{f.metadata.get('min', '')}..{f.metadata.get('max', '')}]"
+        lines.append(f"  {key} (default {json.dumps(default)}){extra}: {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,34 @@
+"""Glue from parsed CLI arguments to the library functions (one per stage)."""
+from __future__ import annotations
+
+
+def prepare_data(args):
+    from .data.prepare import prepare_data as run
+    run(args.cfg, args.out_dir)
+
+
+def build_toy_models(args):
+    from .models.toy import build_toy_models as run
+    run(args.cfg, args.train, args.out_dir)
+
+
+def cache_teacher(args):
+    from .teacher import cache_teacher as run
+    run(args.cfg, args.teacher, args.students, args.train, args.out_dir)
+
+
+def train(args):
+    from .train import train as run
+    run(args.cfg, method=args.method, seed=args.seed, teacher=args.teacher, student=args.student,
+        train_data=args.train_data, teacher_cache=args.teacher_cache, out_dir=args.out_dir,
+        reference=args.reference)
+
+
+def evaluate(args):
+    from .evaluate import evaluate as run
+    run(args.cfg, args.model, args.bench, args.out)
+
+
+def report(args):
+    from .report.table import report as run
+    run(args.eval, args.train, args.out_dir)
