@@ -221,6 +221,27 @@ class EvalConfig:
 
 
 @dataclass
+class RuleResources:
+    """What one job of a rule asks the scheduler for (slurm reads these; local runs use cpus)."""
+    gpu: int = opt(0, "GPUs per job (slurm: --gpus)", min=0)
+    cpus_per_task: int = opt(1, "CPU cores per job (also torch threads)", min=1)
+    mem_mb: int = opt(4000, "memory per job in MB", min=100)
+    runtime: int = opt(60, "wall-time limit per job in minutes", min=1)
+    nodes: int = opt(1, "nodes per job (multi-node training)", min=1)
+
+
+@dataclass
+class ResourcesConfig:
+    """Per-rule resources; cluster-specific values (partition, account) live in the profile."""
+    prepare_data: RuleResources = sub(RuleResources, "prepare_data jobs")
+    build_toy_models: RuleResources = opt(RuleResources(cpus_per_task=2), "build_toy_models jobs")
+    cache_teacher: RuleResources = sub(RuleResources, "cache_teacher jobs")
+    train: RuleResources = sub(RuleResources, "train jobs")
+    evaluate: RuleResources = sub(RuleResources, "evaluate jobs")
+    report: RuleResources = sub(RuleResources, "report job")
+
+
+@dataclass
 class Config:
     pairs: dict = opt({"toy": {"teacher": "toy", "student": "toy"}}, "name -> teacher-student pair")
     seeds: list = opt([0], "training seeds; every training and evaluation job fans out over them", min=0)
@@ -229,6 +250,7 @@ class Config:
     teacher_cache: TeacherCacheConfig = sub(TeacherCacheConfig, "teacher caching")
     train: TrainConfig = sub(TrainConfig, "on-policy distillation")
     eval: EvalConfig = sub(EvalConfig, "benchmark evaluation")
+    resources: ResourcesConfig = sub(ResourcesConfig, "per-rule scheduler resources")
 
     _item_types = {"pairs": PairConfig}
 
