@@ -1,0 +1,79 @@
+"""A batch of left-padded sequences that grows chunk by chunk over one KV cache.
+
+Both the student sampler and the incremental teacher scorer are built on this: the
+prompts are prefilled once, every later forward feeds only the new tokens, and rows
+(candidates) that stop are removed from the batch and from the cache, so no token is
+ever run through a model twice.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVBatch:
+    """Left-padded prompts + appended tokens, with the model's KV cache.
+
+    ``forward_new(tokens_BC)`` appends ``C`` tokens to every live row and returns the
+    logits at those positions ``(B, C, V)``; ``prefill()`` returns the logits at the last
+    prompt position ``(B, V)`` (the distribution of the first response token).
+    """
+
+    def __init__(self, model, prompts: list[list[int]], pad_id: int):
+        if not prompts:
+            raise ValueError("KVBatch needs at least one prompt")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("KVBatch: empty prompt (no tokens)")
+        self.model = model
+        self.device = next(model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        self.prompt_ids_BL = ids.to(self.device)
+        self.mask_BL = mask.to(self.device)
+        self.cache = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask_BL.shape[0]
+
+    def _run(self, ids_BC: torch.Tensor) -> torch.Tensor:
+        C = ids_BC.shape[1]
+        # positions count only real tokens, so left padding does not shift them
+        pos_BL = self.mask_BL.cumsum(-1) - 1
+        pos_BC = pos_BL[:, -C:].clamp(min=0)
+        out = self.model(input_ids=ids_BC, attention_mask=self.mask_BL, position_ids=pos_BC,
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits
+
+    @torch.no_grad()
+    def prefill(self) -> torch.Tensor:
+        """Run the prompts; returns logits of the next token, ``(B, V)``."""
+        if self.cache is not None:
+            raise RuntimeError("prefill called twice")
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        return self._run(self.prompt_ids_BL)[:, -1].float()
+
+    @torch.no_grad()
+    def forward_new(self, tokens_BC: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens_BC`` and return logits at the new positions, ``(B, C, V)``."""
+        if self.cache is None:
+            raise RuntimeError("forward_new before prefill")
+        tokens_BC = tokens_BC.to(self.device)
+        ones = torch.ones((tokens_BC.shape[0], tokens_BC.shape[1]), dtype=self.mask_BL.dtype,
+                          device=self.device)
+        self.mask_BL = torch.cat([self.mask_BL, ones], dim=1)
+        return self._run(tokens_BC).float()
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (indices into the current batch), cache included."""
+        rows = rows.to(self.device)
+        self.mask_BL = self.mask_BL.index_select(0, rows)
+        self.prompt_ids_BL = self.prompt_ids_BL.index_select(0, rows)
+        if self.cache is not None:
+            self.cache.batch_select_indices(rows)

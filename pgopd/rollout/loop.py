@@ -1,0 +1,118 @@
+"""The one chunked rollout loop every method shares (design.md: "one rollout loop, many policies").
+
+    start sampler and teacher on the prompts (each repeated n_samples times)
+    while candidates are live:
+        chunk  <- sampler.extend(policy.next_chunk(...))     student tokens, logp, top-k
+        scores <- teacher.score(chunk)                       each token scored exactly once
+        overlap_t = |TopK_s ∩ TopK_t| / k                   (thunlp/OPD, arXiv 2604.13016)
+        policy.decide(live candidates)                       stop / keep / weights
+        finished or stopped candidates leave both batches (their KV rows are dropped)
+
+`opd`, `pgopd`, `pruneopd` and the controls differ only in the policy.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..overlap import topk_overlap
+from .types import Candidate, Policy
+
+
+@dataclass
+class RolloutResult:
+    cands: list[Candidate]
+    prompts: list[list[int]]                  # prompt token ids of each candidate
+    student_topk_ids: list = field(default_factory=list)   # per candidate (T, K_loss) long, or empty
+    teacher_logp_topk: list = field(default_factory=list)  # per candidate (T, K_loss) float, or empty
+    t_rollout_s: float = 0.0
+    t_teacher_s: float = 0.0
+    tokens_teacher_scored: int = 0
+    n_chunks: int = 0
+
+    @property
+    def tokens_generated(self) -> int:
+        return sum(c.length for c in self.cands)
+
+    def train_len(self, c: Candidate) -> int:
+        if not c.keep:
+            return 0
+        return c.length if c.train_len is None else min(c.train_len, c.length)
+
+    @property
+    def tokens_trained(self) -> int:
+        return sum(self.train_len(c) for c in self.cands)
+
+
+def rollout(sampler, scorer, policy: Policy, prompts: list[list[int]], *, n_samples: int,
+            max_new_tokens: int, chunk_size: int, overlap_k: int, loss_top_k: int = 0) -> RolloutResult:
+    """Generate ``n_samples`` responses per prompt under ``policy``; see the module docstring.
+
+    ``sampler`` is a backend sampler (``start``, ``extend``, ``select``, ``rows_B``) whose
+    top-k is at least ``max(overlap_k, loss_top_k)``; ``scorer`` a :class:`TeacherScorer`.
+    """
+    cand_prompts = [p for p in prompts for _ in range(n_samples)]
+    cands = [Candidate(cid=i, group=i // n_samples) for i in range(len(cand_prompts))]
+    s_topk = [[] for _ in cands]
+    t_topk = [[] for _ in cands]
+    res = RolloutResult(cands=cands, prompts=cand_prompts)
+
+    t0 = time.perf_counter()
+    sampler.start(cand_prompts)
+    t1 = time.perf_counter()
+    scorer.start(cand_prompts)
+    res.t_rollout_s += t1 - t0
+    res.t_teacher_s += time.perf_counter() - t1
+    live = list(range(len(cands)))            # candidate id of each live row
+    generated = 0
+    while live and generated < max_new_tokens:
+        n = policy.next_chunk(generated, max_new_tokens, chunk_size)
+        if n < 1:
+            raise RuntimeError(f"policy {policy.name} asked for a chunk of {n} tokens")
+        t0 = time.perf_counter()
+        ch = sampler.extend(n)
+        t1 = time.perf_counter()
+        sc = scorer.score(ch.tokens_BC, ch.valid_BC,
+                          ch.topk_ids_BCK[..., :loss_top_k] if loss_top_k else None)
+        res.t_rollout_s += t1 - t0
+        res.t_teacher_s += time.perf_counter() - t1
+        generated += n
+        res.n_chunks += 1
+        overlap_BC = topk_overlap(ch.topk_ids_BCK[..., :overlap_k], sc.topk_ids_BCK)
+        for row, cid in enumerate(live):
+            c, m = cands[cid], ch.valid_BC[row]
+            c.tokens += ch.tokens_BC[row][m].tolist()
+            c.student_logp += ch.logp_BC[row][m].tolist()
+            c.teacher_logp += sc.logp_BC[row][m].tolist()
+            c.overlap += overlap_BC[row][m].tolist()
+            c.finished = bool(ch.finished_B[row])
+            if loss_top_k:
+                s_topk[cid].append(ch.topk_ids_BCK[row][m][:, :loss_top_k])
+                t_topk[cid].append(sc.logp_at_student_BCK[row][m])
+        live_cands = [cands[cid] for cid in live]
+        policy.decide(live_cands, generated)
+        for c in live_cands:
+            if len(c.weights) != c.length:
+                raise RuntimeError(f"policy {policy.name} left {len(c.weights)} weights for "
+                                   f"{c.length} tokens (candidate {c.cid})")
+        keep = [row for row, cid in enumerate(live) if cands[cid].live]
+        if generated >= max_new_tokens:
+            keep = []
+        if len(keep) < len(live) and keep:
+            idx = torch.tensor(keep, dtype=torch.long)
+            t0 = time.perf_counter()
+            sampler.select(idx)
+            t1 = time.perf_counter()
+            scorer.select(idx)
+            res.t_rollout_s += t1 - t0
+            res.t_teacher_s += time.perf_counter() - t1
+        live = [live[row] for row in keep]
+    policy.finalize(cands)
+    res.tokens_teacher_scored = scorer.n_scored
+    if loss_top_k:
+        k = loss_top_k
+        res.student_topk_ids = [torch.cat(x) if x else torch.zeros((0, k), dtype=torch.long) for x in s_topk]
+        res.teacher_logp_topk = [torch.cat(x) if x else torch.zeros((0, k)) for x in t_topk]
+    return res

@@ -1,0 +1,353 @@
+"""The ``train`` stage: on-policy distillation through DeepSpeed, one method per run.
+
+Per step (sampling, teacher scoring and the update are separate, with plain data between):
+  1. rollout:  the student samples ``n_samples`` responses per prompt, chunk by chunk, the
+               teacher scores every new token once, the method's policy allocates
+               (``pgopd.rollout.loop``);
+  2. assemble: kept tokens, weights and the teacher's log-probs become padded tensors;
+  3. update:   one forward/backward of the student under the OPD loss (``pgopd.loss``),
+               ``engine.step()`` (DeepSpeed: ZeRO stage, clipping, bf16 from config).
+The same code runs on CPU here (DeepSpeed's CPU accelerator, gloo) and on GPUs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig
+from .rollout.loop import RolloutResult, rollout
+
+log = logging.getLogger("pgopd.train")
+
+
+# ----------------------------------------------------------------------------- DeepSpeed
+def init_distributed_env() -> None:
+    """Single-process defaults for the launcher variables (else DeepSpeed tries MPI discovery)."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # The CPU shared-memory all-reduce kernel is a JIT build of ~50-90 s on first use
+        # and only speeds up multi-process CPU all-reduce; gloo does the same job without it.
+        import deepspeed.comm.torch as ds_torch
+
+        ds_torch.build_shm_op = lambda: None
+
+
+def ds_config(cfg: TrainConfig) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": 1,  # we feed whole batches ourselves
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.grad_clip if cfg.grad_clip > 0 else 0.0,
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8,
+            "torch_adam": True}},  # torch's AdamW: no FusedAdam JIT build (environment.md)
+        "scheduler": {"type": "WarmupLR", "params": {
+            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": max(cfg.warmup_steps, 1),
+            "warmup_type": "linear"}},
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.bf16},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+
+
+# ----------------------------------------------------------------------------- batching
+class PromptSampler:
+    """Epoch-shuffled prompt order; ``position`` is all that is needed to resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.position = n, seed, 0
+
+    def next(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            epoch, i = divmod(self.position, self.n)
+            order = list(range(self.n))
+            random.Random(self.seed * 100003 + epoch).shuffle(order)
+            out.append(order[i])
+            self.position += 1
+        return out
+
+
+def assemble(res: RolloutResult, pad_id: int) -> dict | None:
+    """Padded tensors for the update (right padding); ``None`` when no token is trained.
+
+    Positions are those of the *targets*: response token t of row b sits at column
+    ``P_b - 1 + t`` of the shifted sequence, where P_b is the prompt length.
+    Returns input_ids_BS, attention_BS, mask_BT, weight_BT, teacher_logp_BT, and
+    student_topk_ids_BTK / teacher_logp_topk_BTK when the rollout kept them.
+    """
+    rows = [(i, c, res.train_len(c)) for i, c in enumerate(res.cands)]
+    rows = [(i, c, L) for i, c, L in rows if L > 0]
+    if not rows:
+        return None
+    seqs = [res.prompts[i] + c.tokens[:L] for i, c, L in rows]
+    S = max(len(s) for s in seqs)
+    B, T = len(rows), S - 1
+    ids = torch.full((B, S), pad_id, dtype=torch.long)
+    att = torch.zeros((B, S), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.bool)
+    weight = torch.zeros((B, T))
+    t_logp = torch.zeros((B, T))
+    topk = bool(res.student_topk_ids)
+    if topk:
+        K = res.student_topk_ids[0].shape[-1]
+        s_ids = torch.zeros((B, T, K), dtype=torch.long)
+        t_lp = torch.zeros((B, T, K))
+    for b, ((i, c, L), seq) in enumerate(zip(rows, seqs)):
+        P = len(res.prompts[i])
+        ids[b, :len(seq)] = torch.tensor(seq)
+        att[b, :len(seq)] = 1
+        sl = slice(P - 1, P - 1 + L)
+        mask[b, sl] = True
+        weight[b, sl] = torch.tensor(c.weights[:L], dtype=torch.float32)
+        t_logp[b, sl] = torch.tensor(c.teacher_logp[:L], dtype=torch.float32)
+        if topk:
+            s_ids[b, sl] = res.student_topk_ids[i][:L]
+            t_lp[b, sl] = res.teacher_logp_topk[i][:L]
+    out = {"input_ids_BS": ids, "attention_BS": att, "mask_BT": mask, "weight_BT": weight,
+           "teacher_logp_BT": t_logp}
+    if topk:
+        out.update(student_topk_ids_BTK=s_ids, teacher_logp_topk_BTK=t_lp)
+    return out
+
+
+def opd_loss_on_batch(model, batch: dict, loss_top_k: int):
+    """Student forward on the assembled batch and the OPD loss (pure functions in pgopd.loss)."""
+    from .loss import opd_pg_loss, topk_reverse_kl_loss
+
+    dev = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids_BS"].to(dev), attention_mask=batch["attention_BS"].to(dev)).logits
+    logp_BTV = torch.log_softmax(logits[:, :-1].float(), -1)
+    targets_BT = batch["input_ids_BS"][:, 1:].to(dev)
+    mask, weight = batch["mask_BT"].to(dev), batch["weight_BT"].to(dev)
+    logp_BT = logp_BTV.gather(-1, targets_BT[..., None])[..., 0]
+    if loss_top_k:
+        s_BTK = logp_BTV.gather(-1, batch["student_topk_ids_BTK"].to(dev))
+        loss, stats = topk_reverse_kl_loss(s_BTK, batch["teacher_logp_topk_BTK"].to(dev), mask, weight)
+        # the sampled-token reward is still what we report, so runs compare on one scale
+        r = (batch["teacher_logp_BT"].to(dev) - logp_BT.detach())[mask]
+        stats["reward_mean"] = float(r.mean()) if r.numel() else 0.0
+        return loss, stats
+    return opd_pg_loss(logp_BT, batch["teacher_logp_BT"].to(dev), mask, weight)
+
+
+def sft_loss(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """Cross-entropy on response tokens only (the off-policy cold start on teacher samples)."""
+    seqs = [p + r for p, r in zip(prompts, responses)]
+    S = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), S), pad_id, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for b, (p, s) in enumerate(zip(prompts, seqs)):
+        ids[b, :len(s)] = torch.tensor(s)
+        att[b, :len(s)] = 1
+        labels[b, len(p):len(s)] = torch.tensor(s[len(p):])
+    dev = next(model.parameters()).device
+    return model(input_ids=ids.to(dev), attention_mask=att.to(dev), labels=labels.to(dev)).loss
+
+
+# ----------------------------------------------------------------------------- the stage
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list[str], tokenizer) -> list[dict]:
+    """Per-candidate record: decisions, lengths, weights, teacher reward on prefix / suffix,
+    final correctness where the response finished (feeds the falsification analysis)."""
+    from .grading import grade
+    from .models.loading import response_text
+
+    out = []
+    for c in res.cands:
+        r = c.reward()
+        pre, suf = r[:prefix_len], r[prefix_len:]
+        rec = {"step": step, "cid": c.cid, "group": c.group, "length": c.length, "finished": c.finished,
+               "stopped": c.stopped, "keep": c.keep, "train_len": res.train_len(c),
+               "reward_prefix": sum(pre) / len(pre) if pre else None,
+               "reward_suffix": sum(suf) / len(suf) if suf else None,
+               "overlap_mean": sum(c.overlap) / len(c.overlap) if c.overlap else None,
+               "weight_min": min(c.weights) if c.weights else None,
+               "weight_mean": sum(c.weights) / len(c.weights) if c.weights else None,
+               "correct": grade(response_text(tokenizer, c.tokens), answers[c.group]) if c.finished else None,
+               **c.info}
+        out.append(rec)
+    return out
+
+
+def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: str, train_data: Path,
+          teacher_cache: Path, out_dir: Path, reference: Path | None = None) -> dict:
+    init_distributed_env()
+    import deepspeed
+    from tqdm import tqdm
+
+    from .data.loaders import read_jsonl
+    from .models.loading import check_tokenizers_compatible, encode_prompts, load_model, load_tokenizer
+    from .policies import make_policy
+    from .rollout.hf import HFSampler
+    from .rollout.scorer import TeacherScorer
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+    tok_t, tok_s = load_tokenizer(teacher), load_tokenizer(student)
+    check_tokenizers_compatible(tok_t, tok_s, teacher, student)  # before any training
+    records = read_jsonl(train_data)
+    if cfg.select_solved:
+        solved = set(json.loads((Path(teacher_cache) / "summary.json").read_text())["solved_ids"])
+        records = [r for r in records if r["id"] in solved]
+        if not records:
+            raise ValueError("train.select_solved: the teacher solved none of the training prompts")
+        log.info("teacher-aligned selection: %d prompts kept", len(records))
+    ref = json.loads(Path(reference).read_text()) if reference else None
+    policy = make_policy(method, cfg, seed=seed, reference=ref)
+
+    teacher_model = load_model(teacher)
+    student_model = load_model(student)
+    if cfg.gradient_checkpointing:
+        student_model.gradient_checkpointing_enable()
+    engine, _, _, _ = deepspeed.initialize(model=student_model, config=ds_config(cfg),
+                                           model_parameters=[p for p in student_model.parameters()
+                                                             if p.requires_grad])
+    pad_id, eos_id = tok_s.pad_token_id, tok_s.eos_token_id
+    prompt_ids = encode_prompts(tok_s, [r["prompt"] for r in records])
+    sampler_prompts = PromptSampler(len(records), seed)
+
+    if cfg.cold_start_steps:
+        _cold_start(engine, cfg, Path(teacher_cache), records, prompt_ids, pad_id, seed)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(out_dir / "tb"))
+    metrics_f = open(out_dir / "metrics.jsonl.tmp", "w")
+    cands_f = open(out_dir / "candidates.jsonl.tmp", "w")
+    totals = {"gen": 0, "scored": 0, "trained": 0, "cands": 0, "continued": 0, "decided": 0}
+    bad_steps = 0
+    scorer = TeacherScorer(teacher_model, pad_id, topk=cfg.overlap_k)
+    for step in tqdm(range(cfg.steps), desc=f"train {method}", unit="step"):
+        idx = sampler_prompts.next(cfg.prompts_per_step)
+        engine.module.eval()
+        sampler = HFSampler(engine.module, eos_id, pad_id, cfg.temperature, cfg.top_p,
+                            topk=max(cfg.overlap_k, cfg.loss_top_k), seed=seed * 1_000_003 + step)
+        res = rollout(sampler, scorer, policy, [prompt_ids[i] for i in idx], n_samples=cfg.n_samples,
+                      max_new_tokens=cfg.max_new_tokens, chunk_size=cfg.chunk_size,
+                      overlap_k=cfg.overlap_k, loss_top_k=cfg.loss_top_k)
+        t0 = time.perf_counter()
+        engine.module.train()
+        batch = assemble(res, pad_id)
+        stats = {"reward_mean": float("nan"), "kl": float("nan")}
+        loss_val = 0.0
+        if batch is not None:
+            loss, stats = opd_loss_on_batch(engine, batch, cfg.loss_top_k)
+            loss_val = float(loss.detach())
+            if not math.isfinite(loss_val):
+                bad_steps += 1
+                log.warning("step %d: non-finite loss, step skipped (%d so far)", step, bad_steps)
+                engine.optimizer.zero_grad()
+                if bad_steps > cfg.max_bad_steps:
+                    raise RuntimeError(f"{bad_steps} non-finite steps (train.max_bad_steps = "
+                                       f"{cfg.max_bad_steps}); stopping")
+            else:
+                engine.backward(loss)
+                engine.step()
+        t_update = time.perf_counter() - t0
+        decided = [c for c in res.cands if "continued" in c.info]
+        totals["gen"] += res.tokens_generated
+        totals["scored"] += res.tokens_teacher_scored
+        totals["trained"] += res.tokens_trained
+        totals["cands"] += len(res.cands)
+        totals["decided"] += len(decided)
+        totals["continued"] += sum(bool(c.info["continued"]) for c in decided)
+        m = {"step": step, "loss": loss_val, "reward_mean": stats.get("reward_mean"),
+             "kl": stats.get("kl"), "tokens_generated": res.tokens_generated,
+             "tokens_teacher_scored": res.tokens_teacher_scored, "tokens_trained": res.tokens_trained,
+             "t_rollout_s": res.t_rollout_s, "t_teacher_s": res.t_teacher_s, "t_update_s": t_update,
+             "n_candidates": len(res.cands), "n_kept": sum(c.keep for c in res.cands),
+             "mean_length": res.tokens_generated / len(res.cands),
+             "overlap_mean": _mean([x for c in res.cands for x in c.overlap]),
+             "continue_rate": (sum(bool(c.info["continued"]) for c in decided) / len(decided)) if decided else None,
+             "lr": engine.get_lr()[0] if hasattr(engine, "get_lr") else cfg.lr}
+        metrics_f.write(json.dumps(m) + "\n")
+        metrics_f.flush()
+        for k, v in m.items():
+            if k != "step" and isinstance(v, (int, float)) and v is not None:
+                tb.add_scalar(f"train/{k}", v, step)
+        answers = [records[i]["answer"] for i in idx]
+        for rec in _candidate_log(step, res, cfg.pgopd.prefix_len, answers, tok_s):
+            cands_f.write(json.dumps(rec) + "\n")
+    metrics_f.close()
+    cands_f.close()
+    tb.close()
+    _save_hf(engine, tok_s, out_dir / "checkpoint", cfg.zero_stage)
+    wall = time.perf_counter() - t_start
+    summary = {"method": method, "seed": seed, "steps": cfg.steps, "train_wall_s": wall,
+               "gen_tokens": totals["gen"], "tokens_teacher_scored": totals["scored"],
+               "tokens_trained": totals["trained"], "n_candidates": totals["cands"],
+               "mean_generated_tokens": totals["gen"] / max(totals["cands"], 1),
+               "continue_rate": totals["continued"] / totals["decided"] if totals["decided"] else None,
+               "bad_steps": bad_steps, "teacher": teacher, "student": student}
+    os.replace(out_dir / "metrics.jsonl.tmp", out_dir / "metrics.jsonl")
+    os.replace(out_dir / "candidates.jsonl.tmp", out_dir / "candidates.jsonl")
+    _write_json_atomic(out_dir / "summary.json", summary)
+    log.info("done: %s", summary)
+    return summary
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def _save_hf(engine, tokenizer, path: Path, zero_stage: int) -> None:
+    """Save the student in HF format, atomically (temp dir, then rename)."""
+    import shutil
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+            module.save_pretrained(tmp)
+    else:
+        module.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def _cold_start(engine, cfg: TrainConfig, cache_dir: Path, records, prompt_ids, pad_id, seed) -> None:
+    """Off-policy warm start: SFT on the teacher's cached correct samples (Agarwal et al. /
+    thunlp-OPD start OPD from a distilled student; optional here)."""
+    from .data.loaders import read_jsonl
+
+    by_id = {r["id"]: i for i, r in enumerate(records)}
+    pairs = [(by_id[s["id"]], s["tokens"]) for s in read_jsonl(cache_dir / "samples.jsonl")
+             if s.get("correct") and s["id"] in by_id]
+    if not pairs:
+        raise ValueError("train.cold_start_steps > 0 but the teacher cache has no correct sample")
+    rng = random.Random(seed)
+    engine.module.train()
+    for _ in range(cfg.cold_start_steps):
+        batch = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.prompts_per_step * cfg.n_samples)]
+        loss = sft_loss(engine, [prompt_ids[i] for i, _ in batch], [t for _, t in batch], pad_id)
+        engine.backward(loss)
+        engine.step()
