@@ -353,6 +353,8 @@ def parse_dataclass(cls, raw, prefix: str = ""):
         elif name in item_types:  # default mapping of sub-configs
             default = f.default_factory()
             kwargs[name] = _parse_value(key, default, dict, f.metadata, item_types[name])
+        elif dataclasses.is_dataclass(types[name]):  # absent section: its defaults, parsed
+            kwargs[name] = parse_dataclass(types[name], to_dict(f.default_factory()), key)
     obj = cls(**kwargs)
     _cross_checks(obj, prefix)
     return obj
@@ -409,7 +411,7 @@ def to_dict(obj) -> Any:
 
 # ----------------------------------------------------------------------------- schema + help
 def json_schema(cls=Config) -> dict:
-    """JSON schema (draft 7) equivalent to the dataclass checks that a schema can express."""
+    """JSON schema (2020-12) equivalent to the dataclass checks that a schema can express."""
     types = _field_types(cls)
     props = {}
     item_types = getattr(cls, "_item_types", {})
@@ -419,7 +421,7 @@ def json_schema(cls=Config) -> dict:
             props[f.name]["description"] = f.metadata["help"]
     out = {"type": "object", "additionalProperties": False, "properties": props}
     if cls is Config:
-        out = {"$schema": "http://json-schema.org/draft-07/schema#", **out}
+        out = {"$schema": "https://json-schema.org/draft/2020-12/schema", **out}
     return out
 
 

@@ -1,0 +1,44 @@
+# pgopd: on-policy distillation (OPD) with PG-OPD and Prune-OPD rollout allocation.
+#   local (embedded tiny CPU default):  snakemake
+#   cluster:                            snakemake --profile slurm --configfile config/paper.yaml
+# Every knob, its default and its range live in pgopd/config.py; config/config.yaml lists them all.
+import sys
+
+sys.path.insert(0, workflow.basedir)  # `import pgopd` works even when it is not installed
+
+from snakemake.utils import validate
+
+import pgopd.workflow as W
+
+
+# A config file named on the command line (--configfile) replaces config/config.yaml
+# instead of being deep-merged into it: a merge would keep the default `toy` pair and
+# benchmarks next to those of e.g. config/paper.yaml.  Keys it leaves out take the
+# defaults of pgopd/config.py, which are exactly the values written in config/config.yaml.
+if workflow.config_settings.configfiles:
+    workflow.config_settings.replace_workflow_config = True
+
+
+configfile: "config/config.yaml"
+
+
+# Typed parse first: its errors are one line naming the key (`train.pgopd.prefix_len: ...`);
+# it also does the range and cross-field checks a schema cannot express.  The schema
+# (generated from the same dataclasses) is checked as well.
+CFG = W.load_config(config)
+validate(config, "workflow/schemas/config.schema.json")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        W.targets(CFG),
+    default_target: True

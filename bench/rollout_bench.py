@@ -1,0 +1,109 @@
+"""Rollout benchmark (issue: rollout allocation).  Prints and writes bench/results.json:
+
+1. chunked vs one-shot rollout time for the same tokens (target <= 1.10x),
+2. teacher-scored tokens over generated (kept) tokens for every method (target 1.00),
+3. from the default pipeline's results (if present): generated tokens and training wall
+   time of pgopd and pruneopd relative to opd at the same number of steps.
+
+Usage: python bench/rollout_bench.py [--models results/models/toy] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _models(models_dir: Path):
+    from pgopd.models.loading import encode_prompts, load_model, load_tokenizer
+
+    tok = load_tokenizer(str(models_dir / "student"))
+    student, teacher = load_model(str(models_dir / "student")), load_model(str(models_dir / "teacher"))
+    from pgopd.data.synthetic import make_split
+
+    prompts = encode_prompts(tok, [r["prompt"] for r in make_split(16, 1, 3, 30, 7, "b")])
+    return tok, student, teacher, prompts
+
+
+def time_rollout(tok, student, teacher, prompts, method, chunk, cfg, repeats):
+    from pgopd.policies import make_policy
+    from pgopd.rollout.hf import HFSampler
+    from pgopd.rollout.loop import rollout
+    from pgopd.rollout.scorer import TeacherScorer
+
+    times, res = [], None
+    for r in range(repeats):
+        sampler = HFSampler(student, tok.eos_token_id, tok.pad_token_id, 1.0, 1.0, topk=cfg.overlap_k, seed=r)
+        scorer = TeacherScorer(teacher, tok.pad_token_id, topk=cfg.overlap_k)
+        policy = make_policy(method, cfg, seed=0, reference={"mean_generated_tokens": 20, "continue_rate": 0.5})
+        t0 = time.perf_counter()
+        res = rollout(sampler, scorer, policy, prompts, n_samples=cfg.n_samples,
+                      max_new_tokens=cfg.max_new_tokens, chunk_size=chunk, overlap_k=cfg.overlap_k)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), res
+
+
+def main() -> None:
+    from pgopd.config import ALL_METHODS, TrainConfig, parse_dataclass
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=Path, default=ROOT / "results/models/toy")
+    ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if not (args.models / "teacher").exists():
+        raise SystemExit(f"{args.models}/teacher not found: run the default pipeline first (make pipeline)")
+    tok, student, teacher, prompts = _models(args.models)
+    cfg = parse_dataclass(TrainConfig, {}, "train")
+    out = {"config": {"prompts": len(prompts), "n_samples": cfg.n_samples, "max_new_tokens": cfg.max_new_tokens,
+                      "chunk_size": cfg.chunk_size, "repeats": args.repeats, "threads": 1}}
+
+    t_one, r_one = time_rollout(tok, student, teacher, prompts, "opd", cfg.max_new_tokens, cfg, args.repeats)
+    t_chunk, r_chunk = time_rollout(tok, student, teacher, prompts, "opd", cfg.chunk_size, cfg, args.repeats)
+    same = [c.tokens for c in r_one.cands] == [c.tokens for c in r_chunk.cands]
+    out["chunked_vs_one_shot"] = {"one_shot_s": t_one, "chunked_s": t_chunk, "ratio": t_chunk / t_one,
+                                  "same_tokens": same, "tokens": r_one.tokens_generated, "target": "<= 1.10"}
+    print(f"chunked ({cfg.chunk_size}) vs one-shot rollout: {t_chunk:.3f}s / {t_one:.3f}s = "
+          f"{t_chunk / t_one:.3f}x for {r_one.tokens_generated} tokens (same tokens: {same})")
+
+    out["scored_over_generated"] = {}
+    for m in ALL_METHODS:
+        _, r = time_rollout(tok, student, teacher, prompts, m, cfg.chunk_size, cfg, 1)
+        ratio = r.tokens_teacher_scored / max(r.tokens_generated, 1)
+        out["scored_over_generated"][m] = {"scored": r.tokens_teacher_scored, "generated": r.tokens_generated,
+                                          "ratio": ratio}
+        print(f"{m:>16}: teacher-scored / generated tokens = {r.tokens_teacher_scored}/{r.tokens_generated}"
+              f" = {ratio:.3f}")
+
+    runs = {}
+    for s in sorted(args.results.glob("train/*/*/seed*/summary.json")):
+        pair, method, seed = s.parts[-4], s.parts[-3], s.parts[-2]
+        runs.setdefault((pair, seed), {})[method] = json.loads(s.read_text())
+    out["default_run_vs_opd"] = {}
+    for (pair, seed), ms in sorted(runs.items()):
+        if "opd" not in ms:
+            continue
+        base = ms["opd"]
+        for m, s in ms.items():
+            if m == "opd":
+                continue
+            row = {"gen_tokens_ratio": s["gen_tokens"] / base["gen_tokens"],
+                   "wall_time_ratio": s["train_wall_s"] / base["train_wall_s"], "steps": s["steps"]}
+            out["default_run_vs_opd"][f"{pair}/{seed}/{m}"] = row
+            print(f"{pair}/{seed} {m:>16} over opd: generated tokens {row['gen_tokens_ratio']:.3f}x, "
+                  f"training wall time {row['wall_time_ratio']:.3f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

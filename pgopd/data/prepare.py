@@ -1,0 +1,85 @@
+"""``pgopd prepare-data``: training prompts and every benchmark as ``{id, prompt, answer}`` jsonl.
+
+Writes ``train.jsonl``, ``bench/<name>.jsonl`` and ``stats.json`` (counts per split and
+skipped rows by reason) into ``out_dir``, each atomically.  Synthetic benchmarks use
+``ops`` operations per problem and their own seed, and never repeat an expression of the
+training set or of another benchmark (benchmarks are drawn in config order, each excluding
+everything drawn before it).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..config import BenchmarkConfig, DataConfig
+from .loaders import BAD_ROW_REASONS, load_records, write_json, write_jsonl
+from .synthetic import make_split
+
+log = logging.getLogger(__name__)
+
+
+def _synthetic_stats(records: list[dict], **extra) -> dict:
+    return {"source": "synthetic", "rows": len(records), "kept": len(records),
+            "skipped": {r: 0 for r in BAD_ROW_REASONS}, **extra}
+
+
+def _load_file(cfg: DataConfig, *, path: str, prompt_field: str, answer_field: str,
+               id_field: str, limit: int, name: str) -> tuple[list[dict], dict]:
+    records, stats = load_records(path, prompt_field=prompt_field, answer_field=answer_field,
+                                  id_field=id_field, limit=limit, on_bad_row=cfg.on_bad_row,
+                                  prompt_suffix=cfg.prompt_suffix, source_name=name)
+    return records, {"source": "file", **stats}
+
+
+def build_train(cfg: DataConfig) -> tuple[list[dict], dict]:
+    """Training records (synthetic ones carry ``solution`` and ``ops``) and their stats."""
+    t = cfg.train
+    if t.source == "synthetic":
+        s = cfg.synthetic
+        records = make_split(s.n_train, s.min_ops, s.max_ops, s.operand_max, s.seed, "train")
+        return records, _synthetic_stats(records, min_ops=s.min_ops, max_ops=s.max_ops, seed=s.seed)
+    return _load_file(cfg, path=t.path, prompt_field=t.prompt_field, answer_field=t.answer_field,
+                      id_field=t.id_field, limit=t.limit, name="train")
+
+
+def build_benchmark(cfg: DataConfig, name: str, bench: BenchmarkConfig,
+                    exclude: set[str]) -> tuple[list[dict], dict]:
+    """One benchmark's records; synthetic ones avoid every prompt in ``exclude``."""
+    if bench.source == "synthetic":
+        if bench.n < 1:
+            raise ValueError(f"data.benchmarks.{name}.n: a synthetic benchmark needs n >= 1, got {bench.n}")
+        try:
+            records = make_split(bench.n, bench.ops, bench.ops, cfg.synthetic.operand_max,
+                                 bench.seed, name, exclude=exclude)
+        except ValueError as e:
+            raise ValueError(f"data.benchmarks.{name}: {e}") from None
+        return records, _synthetic_stats(records, ops=bench.ops, seed=bench.seed)
+    return _load_file(cfg, path=bench.path, prompt_field=bench.prompt_field,
+                      answer_field=bench.answer_field, id_field=bench.id_field, limit=bench.n,
+                      name=name)
+
+
+def prepare_data(cfg: DataConfig, out_dir: Path) -> dict:
+    """Write ``train.jsonl``, ``bench/<name>.jsonl`` and ``stats.json``; returns the stats."""
+    out_dir = Path(out_dir)
+    train, train_stats = build_train(cfg)
+    seen = {r["prompt"] for r in train}
+    benches: dict[str, tuple[list[dict], dict]] = {}
+    for name, bench in cfg.benchmarks.items():
+        if not isinstance(bench, BenchmarkConfig):
+            raise TypeError(f"data.benchmarks.{name}: expected a parsed BenchmarkConfig, "
+                            f"got {type(bench).__name__} (parse the config first)")
+        records, stats = build_benchmark(cfg, name, bench, seen)
+        seen |= {r["prompt"] for r in records}
+        benches[name] = (records, stats)
+
+    write_jsonl(out_dir / "train.jsonl", train)
+    for name, (records, _) in benches.items():
+        write_jsonl(out_dir / "bench" / f"{name}.jsonl", records)
+    stats = {"train": train_stats, "bench": {name: st for name, (_, st) in benches.items()}}
+    write_json(out_dir / "stats.json", stats)
+    for split, st in [("train", train_stats), *stats["bench"].items()]:
+        skipped = sum(st["skipped"].values())
+        log.info("%s: %d records (%s)%s", split, st["kept"], st["source"],
+                 f", {skipped} malformed rows skipped" if skipped else "")
+    return stats

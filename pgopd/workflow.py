@@ -1,0 +1,325 @@
+"""Pure-python helpers the Snakefile and ``workflow/rules/*.smk`` use (testable without Snakemake).
+
+Everything a rule needs from the config goes through here: the typed config
+(:func:`load_config`), output paths, and the ``params`` of each rule.  A rule's params are
+the JSON of *only its own* config slice (sorted keys, so the string is stable); Snakemake
+reruns a job when its params change, so e.g. changing a PG-OPD knob reruns only the jobs
+that use PG-OPD, and adding a method to ``train.methods`` reruns nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+from . import config as C
+from .config import ALL_METHODS, CONTROLS, METHODS, Config, ConfigError
+
+#: rows of the tables that are not trained: the base models, evaluated with tag ``base``.
+BASE_MODELS = ("teacher", "student")
+ROLES = BASE_MODELS
+
+#: train-config knob blocks each method reads, on top of the common train keys.
+METHOD_BLOCKS = {
+    "opd": (),
+    "pgopd": ("pgopd",),
+    "pruneopd": ("pruneopd",),
+    "continue_all": ("pgopd", "controls"),
+    "reweight_only": ("pgopd", "controls"),
+    "fixed_truncation": ("controls",),
+    "random_prune": ("pgopd", "controls"),
+}
+#: controls that copy a length / rate from the reference run (``--reference``).
+NEEDS_REFERENCE = ("fixed_truncation", "random_prune")
+_BLOCKS = ("pgopd", "pruneopd", "controls")
+#: train keys that select jobs rather than configure one (never part of a job's params).
+_WORKFLOW_ONLY_TRAIN_KEYS = ("methods",)
+
+RULES = ("prepare_data", "build_toy_models", "cache_teacher", "train", "evaluate", "report")
+
+TABLES = ("results/tables/main.csv", "results/tables/main.md")
+
+
+# ----------------------------------------------------------------------------- config
+def load_config(raw: dict) -> Config:
+    """Typed config from Snakemake's ``config`` dict, with the workflow-level cross checks.
+
+    Raises :class:`ConfigError` whose message starts with the offending key.
+    """
+    try:
+        cfg = C.parse(raw if raw is not None else {})
+        train_methods(cfg)
+        teachers(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"invalid config: {e}") from None
+    return cfg
+
+
+def params_json(obj) -> str:
+    """Stable JSON (sorted keys, compact) of a config slice: what rules pass as ``--params``."""
+    return json.dumps(C.to_dict(obj), sort_keys=True, separators=(",", ":"))
+
+
+# ----------------------------------------------------------------------------- models
+def model_path(ref: str, role: str) -> str:
+    """``toy`` -> the toy model built by ``build_toy_models``; anything else (path, HF id) unchanged."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if ref == "toy":
+        return f"results/models/toy/{role}"
+    return ref
+
+
+def is_local_path(ref: str) -> bool:
+    """A model reference that names a local directory rather than an HF hub id."""
+    return (ref.startswith(("/", "./", "../", "~")) or ref in (".", "..")
+            or os.path.exists(ref))
+
+
+def model_inputs(ref: str, role: str) -> list[str]:
+    """Files a job reading this model depends on: toy models and local dirs; HF ids none."""
+    if ref == "toy":
+        return [model_path(ref, role)]
+    if is_local_path(ref):
+        return [os.path.expanduser(ref)]
+    return []
+
+
+def uses_toy(cfg: Config) -> bool:
+    """Whether any pair names the toy teacher or student (then build_toy_models runs)."""
+    return any("toy" in (p.teacher, p.student) for p in cfg.pairs.values())
+
+
+def teacher_slug(ref: str) -> str:
+    """Filesystem-safe name of a teacher: ``toy`` -> ``toy``, ``Qwen/Qwen3-8B`` -> ``Qwen--Qwen3-8B``."""
+    s = ref.strip().rstrip("/")
+    while s.startswith(("./", "/", "~/")):
+        s = s.split("/", 1)[1]
+    s = s.replace("/", "--")
+    s = re.sub(r"[^A-Za-z0-9._-]", "_", s).strip(".")
+    if not s:
+        raise ConfigError(f"pairs: cannot make a directory name from teacher {ref!r}")
+    return s
+
+
+def teachers(cfg: Config) -> dict[str, str]:
+    """slug -> teacher reference, one per distinct teacher (config order)."""
+    out: dict[str, str] = {}
+    for name, pair in cfg.pairs.items():
+        slug = teacher_slug(pair.teacher)
+        if out.get(slug, pair.teacher) != pair.teacher:
+            raise ConfigError(f"pairs.{name}.teacher: {pair.teacher!r} and {out[slug]!r} map to the "
+                              f"same cache directory results/teacher/{slug}; rename one")
+        out[slug] = pair.teacher
+    return out
+
+
+def pair_teacher_slug(cfg: Config, pair: str) -> str:
+    return teacher_slug(cfg.pairs[pair].teacher)
+
+
+def students_of(cfg: Config, slug: str) -> list[str]:
+    """Model paths of the students distilled from teacher ``slug`` (their tokenizers must match)."""
+    out = []
+    for pair in cfg.pairs.values():
+        if teacher_slug(pair.teacher) == slug:
+            p = model_path(pair.student, "student")
+            if p not in out:
+                out.append(p)
+    return out
+
+
+def teacher_cache_dir(slug: str) -> str:
+    return f"results/teacher/{slug}"
+
+
+# ----------------------------------------------------------------------------- methods
+def train_methods(cfg: Config) -> list[str]:
+    """Methods trained for every pair and seed: ``train.methods`` plus the controls if enabled."""
+    methods = list(cfg.train.methods)
+    ctl = cfg.train.controls
+    if ctl.enabled:
+        if ctl.reference not in methods:
+            raise ConfigError(
+                f"train.controls.reference: {ctl.reference!r} is not in train.methods {methods}; the "
+                f"matched controls copy their numbers from that run (add it, or set "
+                f"train.controls.enabled: false)")
+        methods += [m for m in CONTROLS if m not in methods]
+    return methods
+
+
+def reference_method(cfg: Config, method: str) -> Optional[str]:
+    """The run a matched control copies its length / rate from (None for other methods)."""
+    return cfg.train.controls.reference if method in NEEDS_REFERENCE else None
+
+
+def reference_arg(reference: Optional[str]) -> str:
+    """``--reference <summary.json>`` for a matched control, '' otherwise (shell-quoted)."""
+    return f"--reference {shlex.quote(str(reference))}" if reference else ""
+
+
+def train_dir(pair: str, method: str, seed) -> str:
+    return f"results/train/{pair}/{method}/seed{seed}"
+
+
+def train_summaries(cfg: Config) -> list[str]:
+    return [f"{train_dir(p, m, s)}/summary.json"
+            for p in cfg.pairs for m in train_methods(cfg) for s in cfg.seeds]
+
+
+# ----------------------------------------------------------------------------- rule inputs
+DATA_TRAIN = "results/data/train.jsonl"
+
+
+def bench_data(bench: str) -> str:
+    return f"results/data/bench/{bench}.jsonl"
+
+
+def cache_teacher_inputs(cfg: Config, slug: str) -> dict:
+    """Inputs of ``cache_teacher`` for teacher ``slug``: prompts, the teacher, its students."""
+    students = []
+    for pair in cfg.pairs.values():
+        if teacher_slug(pair.teacher) == slug:
+            students += [s for s in model_inputs(pair.student, "student") if s not in students]
+    return {"train": DATA_TRAIN, "teacher": model_inputs(teachers(cfg)[slug], "teacher"),
+            "students": students}
+
+
+def train_inputs(cfg: Config, pair: str, method: str, seed) -> dict:
+    """Inputs of one ``train`` job (``reference``: the run a matched control copies from)."""
+    p = cfg.pairs[pair]
+    out = {
+        "train": DATA_TRAIN,
+        "teacher_cache": f"{teacher_cache_dir(teacher_slug(p.teacher))}/summary.json",
+        "teacher": model_inputs(p.teacher, "teacher"),
+        "student": model_inputs(p.student, "student"),
+    }
+    ref = reference_method(cfg, method)
+    if ref:
+        out["reference"] = f"{train_dir(pair, ref, seed)}/summary.json"
+    return out
+
+
+# ----------------------------------------------------------------------------- params
+def train_params(cfg: Config, method: str) -> dict:
+    """JSON of ``method``'s train slice: the common keys plus only the knob blocks it reads."""
+    if method not in METHOD_BLOCKS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(ALL_METHODS)}")
+    d = C.to_dict(cfg.train)
+    out = {k: v for k, v in d.items() if k not in _BLOCKS and k not in _WORKFLOW_ONLY_TRAIN_KEYS}
+    for block in METHOD_BLOCKS[method]:
+        out[block] = d[block]
+    return out
+
+
+def data_params(cfg: Config) -> dict:
+    return C.to_dict(cfg.data)
+
+
+def toy_params(cfg: Config) -> dict:
+    return C.to_dict(cfg.toy_models)
+
+
+def teacher_cache_params(cfg: Config) -> dict:
+    return C.to_dict(cfg.teacher_cache)
+
+
+def eval_params(cfg: Config) -> dict:
+    return C.to_dict(cfg.eval)
+
+
+def rule_resources(cfg: Config, rule: str) -> dict:
+    """Scheduler resources of one job of ``rule`` (gpu, cpus_per_task, mem_mb, runtime, nodes)."""
+    return C.to_dict(getattr(cfg.resources, rule))
+
+
+# ----------------------------------------------------------------------------- targets
+def bench_names(cfg: Config) -> list[str]:
+    return list(cfg.data.benchmarks)
+
+
+def eval_targets(cfg: Config) -> list[str]:
+    """Every evaluation summary: base teacher and student per pair, each trained run per seed."""
+    out = []
+    for pair in cfg.pairs:
+        runs = [(m, "base") for m in BASE_MODELS]
+        runs += [(m, f"seed{s}") for m in train_methods(cfg) for s in cfg.seeds]
+        for method, tag in runs:
+            for bench in bench_names(cfg):
+                out.append(f"results/eval/{pair}/{method}/{tag}/{bench}.json")
+    return out
+
+
+def eval_model(cfg: Config, pair: str, method: str, tag: str) -> str:
+    """The model an evaluation job loads: a base model for tag ``base``, else the trained checkpoint."""
+    if tag == "base":
+        if method not in BASE_MODELS:
+            raise ValueError(f"tag 'base' is only for {BASE_MODELS}, not {method!r}")
+        return model_path(getattr(cfg.pairs[pair], method), method)
+    m = re.fullmatch(r"seed(\d+)", tag)
+    if not m or method in BASE_MODELS:
+        raise ValueError(f"evaluation tag {tag!r} of method {method!r}: expected base "
+                         f"(teacher/student) or seed<k> (trained methods)")
+    return f"{train_dir(pair, method, m.group(1))}/checkpoint"
+
+
+def eval_model_inputs(cfg: Config, pair: str, method: str, tag: str) -> list[str]:
+    if tag == "base":
+        eval_model(cfg, pair, method, tag)  # checks the method / tag combination
+        return model_inputs(getattr(cfg.pairs[pair], method), method)
+    return [eval_model(cfg, pair, method, tag)]
+
+
+def evaluate_inputs(cfg: Config, pair: str, method: str, tag: str, bench: str) -> dict:
+    """Inputs of one ``evaluate`` job: the benchmark and the model (none for an HF id)."""
+    return {"bench": bench_data(bench), "model": eval_model_inputs(cfg, pair, method, tag)}
+
+
+def targets(cfg: Config) -> list[str]:
+    """Final outputs of the workflow (``rule all``)."""
+    return list(TABLES)
+
+
+# ----------------------------------------------------------------------------- snakemake glue
+def alternation(names) -> str:
+    """A regex matching exactly one of ``names`` (for wildcard_constraints)."""
+    names = sorted(set(names), key=lambda s: (-len(s), s))
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def wildcard_patterns(cfg: Config) -> dict[str, str]:
+    return {
+        "pair": alternation(cfg.pairs),
+        "method": alternation(BASE_MODELS + ALL_METHODS),
+        "tag": r"base|seed\d+",
+        "seed": r"\d+",
+        "bench": alternation(bench_names(cfg)),
+        "teacher": alternation(teachers(cfg)),
+    }
+
+
+def pgopd_command(root: Optional[str] = None) -> str:
+    """How rules call ``pgopd``: the script of the running interpreter's env when present,
+    else ``pgopd`` on PATH, else ``python -m pgopd.cli`` with ``root`` (the repo) on PYTHONPATH."""
+    exe = Path(sys.executable)
+    sibling = exe.parent / "pgopd"
+    if sibling.exists():
+        found = shutil.which("pgopd")
+        if found and Path(found).resolve() == sibling.resolve():
+            return "pgopd"
+        return str(sibling)
+    if shutil.which("pgopd"):
+        return "pgopd"
+    env = f"PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}} " if root else ""
+    return f"{env}{shlex.quote(str(exe))} -m pgopd.cli"
+
+
+__all__ = [
+    "load_config", "model_path", "teacher_slug", "train_methods", "train_params", "params_json", "data_params",
+    "eval_params", "teacher_cache_params", "toy_params", "targets", "eval_targets", "METHODS",
+]

@@ -1,0 +1,18 @@
+# Training prompts and every benchmark as {id, prompt, answer} jsonl.
+
+
+rule prepare_data:
+    output:
+        train=W.DATA_TRAIN,
+        bench=[W.bench_data(b) for b in W.bench_names(CFG)],
+        stats="results/data/stats.json",
+    log:
+        "results/logs/prepare_data/prepare_data.log",
+    params:
+        cfg=W.params_json(W.data_params(CFG)),
+    threads: res("prepare_data")["cpus_per_task"]
+    resources:
+        **res("prepare_data"),
+    shell:
+        "OMP_NUM_THREADS={threads} {PGOPD} prepare-data --params {params.cfg:q} "
+        "--out-dir results/data > {log:q} 2>&1"
