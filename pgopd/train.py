@@ -269,7 +269,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
                 engine.backward(loss)
                 engine.step()
         t_update = time.perf_counter() - t0
-        decided = [c for c in res.cands if "continued" in c.info]
+        decided = [c for c in res.cands if c.info.get("decision_step") is not None]  # live at the probe
         totals["gen"] += res.tokens_generated
         totals["scored"] += res.tokens_teacher_scored
         totals["trained"] += res.tokens_trained

@@ -1,0 +1,190 @@
+import pytest
+import torch
+
+from pgopd.loss import opd_pg_loss, topk_reverse_kl_loss
+
+
+def gather_logp(logits_BTV, y_BT):
+    return torch.log_softmax(logits_BTV, -1).gather(-1, y_BT.unsqueeze(-1)).squeeze(-1)
+
+
+def rand_case(seed=0, B=3, T=5, V=7):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g)
+    t_logits = torch.randn(B, T, V, generator=g)
+    y = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.rand(B, T, generator=g) > 0.3
+    mask[0, 0] = True
+    w = torch.rand(B, T, generator=g)
+    return logits, t_logits, y, mask, w
+
+
+# ----------------------------------------------------------------------------- opd_pg_loss
+def test_pg_zero_loss_and_grad_when_teacher_equals_student():
+    logits, _, y, mask, w = rand_case()
+    logits.requires_grad_(True)
+    logp = gather_logp(logits, y)
+    loss, stats = opd_pg_loss(logp, logp.detach().clone(), mask, w)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(logits.grad) == 0
+    assert stats["reward_mean"] == 0.0 and stats["kl"] == 0.0
+
+
+def test_pg_hand_computed_two_tokens():
+    # r = teacher - student = [-0.5 - (-1), -3 - (-2)] = [0.5, -1.0]
+    # per token -(w r logp): -(1 * 0.5 * -1) = 0.5 ;  -(0.5 * -1 * -2) = -1.0
+    # loss = (0.5 - 1.0) / 2 = -0.25 ; d loss / d logp = -(w r) / N = [-0.25, 0.25]
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    teacher = torch.tensor([[-0.5, -3.0]])
+    loss, stats = opd_pg_loss(logp, teacher, torch.tensor([[1, 1]]), torch.tensor([[1.0, 0.5]]))
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.25)
+    assert logp.grad.tolist() == [[pytest.approx(-0.25), pytest.approx(0.25)]]
+    assert stats == {"reward_mean": pytest.approx(-0.25), "kl": pytest.approx(0.25),
+                     "n_tokens": 2, "weight_mean": pytest.approx(0.75)}
+
+
+def test_pg_equals_loop_reference_with_mask_and_weights():
+    logits, t_logits, y, mask, w = rand_case(seed=3)
+    logp = gather_logp(logits, y)
+    tlogp = gather_logp(t_logits, y)
+    loss, stats = opd_pg_loss(logp, tlogp, mask, w)
+    total, n, rsum, wsum = 0.0, 0, 0.0, 0.0
+    B, T = y.shape
+    for b in range(B):
+        for t in range(T):
+            if mask[b, t]:
+                r = tlogp[b, t].item() - logp[b, t].item()
+                total += -(w[b, t].item() * r * logp[b, t].item())
+                rsum += r
+                wsum += w[b, t].item()
+                n += 1
+    assert loss.item() == pytest.approx(total / n, rel=1e-5)
+    assert stats["reward_mean"] == pytest.approx(rsum / n, rel=1e-5)
+    assert stats["kl"] == pytest.approx(-rsum / n, rel=1e-5)
+    assert stats["weight_mean"] == pytest.approx(wsum / n, rel=1e-5)
+    assert stats["n_tokens"] == n
+
+
+def test_pg_gradient_wrt_logits_is_analytic_score_function():
+    logits, t_logits, y, mask, w = rand_case(seed=5)
+    logits.requires_grad_(True)
+    logp = gather_logp(logits, y)
+    tlogp = gather_logp(t_logits, y)
+    loss, _ = opd_pg_loss(logp, tlogp, mask, w)
+    loss.backward()
+    # d logp(y) / d logits = onehot(y) - softmax(logits);  coefficient -(w r / N) on valid tokens
+    with torch.no_grad():
+        r = tlogp - logp
+        coef = -(w * r * mask) / mask.sum()
+        dlogp = torch.nn.functional.one_hot(y, logits.shape[-1]) - torch.softmax(logits, -1)
+        expected = coef.unsqueeze(-1) * dlogp
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_pg_default_weight_is_one():
+    logits, t_logits, y, mask, _ = rand_case(seed=6)
+    logp, tlogp = gather_logp(logits, y), gather_logp(t_logits, y)
+    a, sa = opd_pg_loss(logp, tlogp, mask)
+    b, _ = opd_pg_loss(logp, tlogp, mask, torch.ones_like(logp))
+    assert a.item() == pytest.approx(b.item())
+    assert sa["weight_mean"] == 1.0
+
+
+def test_pg_masked_tokens_contribute_nothing_even_if_garbage():
+    logits, t_logits, y, mask, w = rand_case(seed=7)
+    logits.requires_grad_(True)
+    logp = gather_logp(logits, y)
+    tlogp = gather_logp(t_logits, y)
+    loss_a, st_a = opd_pg_loss(logp, tlogp, mask, w)
+    tl_garbage = torch.where(mask, tlogp, torch.full_like(tlogp, float("-inf")))
+    w_garbage = torch.where(mask, w, torch.full_like(w, 1e6))
+    loss_b, st_b = opd_pg_loss(logp, tl_garbage, mask, w_garbage)
+    loss_b.backward()
+    assert loss_b.item() == pytest.approx(loss_a.item())
+    assert st_b == pytest.approx(st_a)
+    assert torch.isfinite(logits.grad).all()
+    assert torch.count_nonzero(logits.grad[~mask]) == 0
+
+
+def test_pg_empty_mask_gives_zero():
+    logp = torch.randn(2, 3, requires_grad=True)
+    loss, stats = opd_pg_loss(logp, torch.randn(2, 3), torch.zeros(2, 3, dtype=torch.bool))
+    assert loss.item() == 0.0 and stats["n_tokens"] == 0
+
+
+# ----------------------------------------------------------------------------- top-k KL
+def topk_inputs(seed=0, B=2, T=4, V=9, K=4):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g)
+    t_logits = torch.randn(B, T, V, generator=g)
+    mask = torch.rand(B, T, generator=g) > 0.3
+    mask[0, 0] = True
+    w = torch.rand(B, T, generator=g)
+    return logits, t_logits, mask, w, K
+
+
+def select_topk(logits, t_logits, K):
+    s_lp = torch.log_softmax(logits, -1)
+    t_lp = torch.log_softmax(t_logits, -1)
+    idx = s_lp.topk(K, -1).indices
+    return s_lp.gather(-1, idx), t_lp.gather(-1, idx)
+
+
+def test_topk_zero_loss_and_grad_when_equal():
+    logits, _, mask, w, K = topk_inputs()
+    logits.requires_grad_(True)
+    s, _ = select_topk(logits, logits.detach(), K)
+    loss, stats = topk_reverse_kl_loss(s, s.detach().clone(), mask, w)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    assert logits.grad.abs().max().item() < 1e-7
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_topk_equals_loop_reference_and_is_nonnegative():
+    logits, t_logits, mask, w, K = topk_inputs(seed=2)
+    s, t = select_topk(logits, t_logits, K)
+    loss, stats = topk_reverse_kl_loss(s, t, mask, w)
+    B, T = mask.shape
+    total, klsum, n = 0.0, 0.0, 0
+    for b in range(B):
+        for i in range(T):
+            ps = torch.softmax(s[b, i], -1).tolist()
+            pt = torch.softmax(t[b, i], -1).tolist()
+            kl = sum(p * (torch.tensor(p).log().item() - torch.tensor(q).log().item()) for p, q in zip(ps, pt))
+            assert kl >= -1e-7
+            if mask[b, i]:
+                total += w[b, i].item() * kl
+                klsum += kl
+                n += 1
+    assert loss.item() == pytest.approx(total / n, rel=1e-5)
+    assert stats["kl"] == pytest.approx(klsum / n, rel=1e-5)
+    assert stats["reward_mean"] == pytest.approx(-klsum / n, rel=1e-5)
+    assert stats["n_tokens"] == n
+    assert loss.item() >= 0
+
+
+def test_topk_with_k_equal_v_is_full_reverse_kl():
+    logits, t_logits, mask, _, _ = topk_inputs(seed=4)
+    V = logits.shape[-1]
+    s, t = select_topk(logits, t_logits, V)
+    loss, _ = topk_reverse_kl_loss(s, t, mask)
+    ps, ls, lt = torch.softmax(logits, -1), torch.log_softmax(logits, -1), torch.log_softmax(t_logits, -1)
+    full_kl = (ps * (ls - lt)).sum(-1)
+    assert loss.item() == pytest.approx((full_kl * mask).sum().item() / mask.sum().item(), rel=1e-5)
+
+
+def test_topk_grad_only_through_student_and_masked_positions_silent():
+    logits, t_logits, mask, w, K = topk_inputs(seed=8)
+    logits.requires_grad_(True)
+    t_logits.requires_grad_(True)
+    s, t = select_topk(logits, t_logits, K)
+    t_garbage = torch.where(mask.unsqueeze(-1), t, torch.full_like(t, float("nan")))
+    loss, _ = topk_reverse_kl_loss(s, t_garbage, mask, w)
+    loss.backward()
+    assert t_logits.grad is None or torch.count_nonzero(t_logits.grad) == 0
+    assert torch.isfinite(logits.grad).all()
+    assert torch.count_nonzero(logits.grad[~mask]) == 0
+    assert torch.count_nonzero(logits.grad[mask]) > 0
