@@ -45,21 +45,23 @@ def init_distributed_env() -> None:
 
 
 def ds_config(cfg: TrainConfig) -> dict:
-    return {
+    out = {
         "train_micro_batch_size_per_gpu": 1,  # we feed whole batches ourselves
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.grad_clip if cfg.grad_clip > 0 else 0.0,
         "optimizer": {"type": "AdamW", "params": {
             "lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8,
             "torch_adam": True}},  # torch's AdamW: no FusedAdam JIT build (environment.md)
-        "scheduler": {"type": "WarmupLR", "params": {
-            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": max(cfg.warmup_steps, 1),
-            "warmup_type": "linear"}},
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": cfg.bf16},
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
+    if cfg.warmup_steps:
+        out["scheduler"] = {"type": "WarmupLR", "params": {
+            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": cfg.warmup_steps,
+            "warmup_type": "linear"}}
+    return out
 
 
 # ----------------------------------------------------------------------------- batching
@@ -251,6 +253,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
                       max_new_tokens=cfg.max_new_tokens, chunk_size=cfg.chunk_size,
                       overlap_k=cfg.overlap_k, loss_top_k=cfg.loss_top_k)
         t0 = time.perf_counter()
+        lr = engine.get_lr()[0]  # the rate this step's update uses
         engine.module.train()
         batch = assemble(res, pad_id)
         stats = {"reward_mean": float("nan"), "kl": float("nan")}
@@ -284,7 +287,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
              "mean_length": res.tokens_generated / len(res.cands),
              "overlap_mean": _mean([x for c in res.cands for x in c.overlap]),
              "continue_rate": (sum(bool(c.info["continued"]) for c in decided) / len(decided)) if decided else None,
-             "lr": engine.get_lr()[0] if hasattr(engine, "get_lr") else cfg.lr}
+             "lr": lr}
         metrics_f.write(json.dumps(m) + "\n")
         metrics_f.flush()
         for k, v in m.items():
