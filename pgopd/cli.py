@@ -75,15 +75,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, type=Path,
                    help="writes checkpoint/ (HF), metrics.jsonl, candidates.jsonl, summary.json, tb/")
 
-    p = _add(sub, "evaluate", C.EvalConfig, "eval", "avg@k accuracy of one model on one benchmark.")
+    p = _add(sub, "evaluate", C.EvalConfig, "eval", "avg@k accuracy of one model on each benchmark.")
     p.add_argument("--model", required=True, help="model path or HF id")
-    p.add_argument("--bench", required=True, type=Path, help="bench/<name>.jsonl from prepare-data")
-    p.add_argument("--out", required=True, type=Path, help="output prefix: writes <out>.jsonl and <out>.json")
+    p.add_argument("--bench", required=True, nargs="+", type=Path, help="bench/<name>.jsonl files from prepare-data")
+    p.add_argument("--out-dir", required=True, type=Path,
+                   help="writes <name>.jsonl (one line per sample) and <name>.json (summary) per benchmark")
 
-    p = sub.add_parser("report", help="Paper tables (CSV, markdown) from every evaluation and training run.")
+    p = sub.add_parser("report", help="Paper tables (CSV, markdown, LaTeX), paired tests vs OPD, the "
+                       "falsification analysis and figures from every evaluation and training run.")
     p.add_argument("--eval", nargs="+", required=True, type=Path, help="summary json files from evaluate")
     p.add_argument("--train", nargs="*", default=[], type=Path, help="summary.json files from train")
-    p.add_argument("--out-dir", required=True, type=Path, help="writes main.csv, main.md")
+    p.add_argument("--metrics", nargs="*", default=[], type=Path,
+                   help="metrics.jsonl files from train (tokens-per-step figure)")
+    p.add_argument("--candidates", nargs="*", default=[], type=Path,
+                   help="candidates.jsonl files from train (falsification analysis, PG-OPD / Prune-OPD figures)")
+    hp = p.add_mutually_exclusive_group()
+    hp.add_argument("--hparams", default=None,
+                    help="JSON (or @file) of the run's config, printed under the tables")
+    hp.add_argument("--config", default=None, type=Path,
+                    help="the run's YAML config file (instead of --hparams), printed under the tables")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap / permutation resamples (default 2000)")
+    p.add_argument("--stats-seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--out-dir", required=True, type=Path,
+                   help="writes main.{csv,md,tex}, falsification.{csv,md}, main.html")
+    p.add_argument("--fig-dir", type=Path, default=None,
+                   help="writes the figures (<name>.png) and their data (<name>.csv)")
 
     p = sub.add_parser("schema", help="Print the JSON schema of the whole config (workflow/schemas/).")
     return ap

@@ -32,19 +32,27 @@ def pass_at_k(correct_by_problem: list[list[bool]]) -> float:
     return sum(any(c) for c in correct_by_problem) / len(correct_by_problem)
 
 
-def evaluate(cfg: EvalConfig, model_ref: str, bench_jsonl: Path, out: Path) -> dict:
-    from .data.loaders import read_jsonl, write_jsonl
-    from .grading import grade_many
-    from .models.loading import encode_prompts, load_model, load_tokenizer, response_text
-    from .rollout.hf import generate
+def evaluate(cfg: EvalConfig, model_ref: str, bench_jsonls: list[Path], out_dir: Path) -> dict:
+    """Evaluate one model on each benchmark; returns ``{bench: summary}``."""
+    from .models.loading import load_model, load_tokenizer
 
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    t0 = time.perf_counter()
-    out = Path(out)
-    records = read_jsonl(bench_jsonl)
     tok = load_tokenizer(model_ref)
     model = load_model(model_ref)
+    return {Path(b).stem: evaluate_one(cfg, model, tok, str(model_ref), Path(b), Path(out_dir) / Path(b).stem)
+            for b in bench_jsonls}
+
+
+def evaluate_one(cfg: EvalConfig, model, tok, model_name: str, bench_jsonl: Path, out: Path) -> dict:
+    """avg@k on one benchmark; writes ``<out>.jsonl`` and ``<out>.json``."""
+    from .data.loaders import read_jsonl, write_jsonl
+    from .grading import grade_many
+    from .models.loading import encode_prompts, response_text
+    from .rollout.hf import generate
+
+    t0 = time.perf_counter()
+    records = read_jsonl(bench_jsonl)
     prompts = encode_prompts(tok, [r["prompt"] for r in records])
     samples = generate(model, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, n=cfg.k,
                        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
@@ -60,15 +68,15 @@ def evaluate(cfg: EvalConfig, model_ref: str, bench_jsonl: Path, out: Path) -> d
                      "correct": bool(ok), "n_tokens": len(s["tokens"])})
         by_problem[s["prompt_idx"]].append(bool(ok))
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out.with_suffix(".jsonl"), rows)
-    summary = {"model": str(model_ref), "bench": bench_jsonl.stem, "k": cfg.k, "n_problems": len(records),
+    write_jsonl(out.with_name(out.name + ".jsonl"), rows)
+    summary = {"model": model_name, "bench": bench_jsonl.stem, "k": cfg.k, "n_problems": len(records),
                "accuracy": avg_at_k(by_problem), "pass_at_k": pass_at_k(by_problem),
                "per_problem": {r["id"]: sum(c) / len(c) for r, c in zip(records, by_problem)},
                "mean_response_tokens": sum(x["n_tokens"] for x in rows) / max(len(rows), 1),
                "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
                "wall_s": time.perf_counter() - t0}
-    tmp = out.with_suffix(".json.tmp")
+    tmp = out.with_name(out.name + ".json.tmp")
     tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out.with_suffix(".json"))
-    log.info("%s on %s: avg@%d = %.3f", model_ref, bench_jsonl.stem, cfg.k, summary["accuracy"])
+    os.replace(tmp, out.with_name(out.name + ".json"))
+    log.info("%s on %s: avg@%d = %.3f", model_name, bench_jsonl.stem, cfg.k, summary["accuracy"])
     return summary

@@ -26,9 +26,25 @@ def train(args):
 
 def evaluate(args):
     from .evaluate import evaluate as run
-    run(args.cfg, args.model, args.bench, args.out)
+    run(args.cfg, args.model, args.bench, args.out_dir)
 
 
 def report(args):
+    import json
+    from pathlib import Path
+
+    from . import config as C
     from .report.table import report as run
-    run(args.eval, args.train, args.out_dir)
+
+    hparams = None
+    if args.hparams:
+        text = Path(args.hparams[1:]).read_text() if args.hparams.startswith("@") else args.hparams
+        try:
+            hparams = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise C.ConfigError(f"--hparams is not valid JSON: {e}") from None
+    elif args.config:
+        hparams = C.to_dict(C.load(args.config))
+        hparams.pop("resources", None)
+    run(args.eval, args.train, args.out_dir, metrics=args.metrics, candidates=args.candidates,
+        fig_dir=args.fig_dir, hparams=hparams, n_boot=args.n_boot, seed=args.stats_seed)

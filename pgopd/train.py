@@ -39,9 +39,13 @@ def init_distributed_env() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         # The CPU shared-memory all-reduce kernel is a JIT build of ~50-90 s on first use
         # and only speeds up multi-process CPU all-reduce; gloo does the same job without it.
-        import deepspeed.comm.torch as ds_torch
+        import sys
 
-        ds_torch.build_shm_op = lambda: None
+        import deepspeed.comm  # noqa: F401  (loads the submodule patched below)
+
+        # `deepspeed.comm.torch` as an attribute is the torch module (star import), so
+        # patch the submodule through sys.modules
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 
 def ds_config(cfg: TrainConfig) -> dict:

@@ -275,9 +275,10 @@ def eval_model_inputs(cfg: Config, pair: str, method: str, tag: str) -> list[str
     return [eval_model(cfg, pair, method, tag)]
 
 
-def evaluate_inputs(cfg: Config, pair: str, method: str, tag: str, bench: str) -> dict:
-    """Inputs of one ``evaluate`` job: the benchmark and the model (none for an HF id)."""
-    return {"bench": bench_data(bench), "model": eval_model_inputs(cfg, pair, method, tag)}
+def evaluate_inputs(cfg: Config, pair: str, method: str, tag: str) -> dict:
+    """Inputs of one ``evaluate`` job (one model, every benchmark: the model loads once)."""
+    return {"bench": [bench_data(b) for b in bench_names(cfg)],
+            "model": eval_model_inputs(cfg, pair, method, tag)}
 
 
 def targets(cfg: Config) -> list[str]:
@@ -323,3 +324,17 @@ __all__ = [
     "load_config", "model_path", "teacher_slug", "train_methods", "train_params", "params_json", "data_params",
     "eval_params", "teacher_cache_params", "toy_params", "targets", "eval_targets", "METHODS",
 ]
+
+
+# ----------------------------------------------------------------------------- report inputs
+def train_run_files(cfg: Config, name: str) -> list[str]:
+    """``name`` (metrics.jsonl, candidates.jsonl, ...) of every train run, as the report reads them."""
+    return [f"{train_dir(p, m, s)}/{name}" for p in cfg.pairs for m in train_methods(cfg) for s in cfg.seeds]
+
+
+def report_hparams(cfg: Config) -> dict:
+    """The config the report prints under its tables: everything but the scheduler resources
+    (so a change of resources reruns nothing, any other change reruns the report)."""
+    out = C.to_dict(cfg)
+    out.pop("resources", None)
+    return out

@@ -1,0 +1,310 @@
+"""Does PG-OPD's probe overlap predict what a suffix is worth?  (The PG-OPD review's test.)
+
+PG-OPD stops every candidate whose early-prefix top-k overlap (``probe_overlap``) is low,
+on the premise that its long suffix would be low-value supervision.  The ``continue_all``
+control computes and logs the same probe (and which candidates PG-OPD would have kept,
+``selected``) but continues everyone, so every candidate's full-length outcome is known:
+
+* ``reward_suffix``: mean teacher reward r_t = log p_T(y_t) - log p_S(y_t) over the suffix
+  (positions from ``prefix_len`` on; higher = the suffix stays closer to the teacher);
+* ``correct``: final correctness, for candidates that finished (emitted EOS) only.
+
+Candidates used: those ranked at the probe decision (``decision_step`` set, probe not
+None), i.e. not finished within the prefix; for each outcome, those where it exists.
+
+For every pair and outcome (seeds pooled) the analysis reports
+
+* the Spearman rank correlation of probe overlap with the outcome, with a pairs-bootstrap
+  95 % CI (:func:`pgopd.report.stats.spearman_ci`);
+* the outcome's mean in quantile bins of the probe (the curve in ``falsification.png``) and
+  the top-bin minus bottom-bin difference with a bootstrap 95 % CI;
+* (``continue_all`` only) within-prompt: mean outcome of the candidates PG-OPD would have
+  kept minus those it would have stopped, per prompt group that has both, averaged over
+  groups, with a bootstrap 95 % CI over groups.
+
+Verdict (from the numbers): *supported* when the correlation is positive with a CI above 0
+and the top-vs-bottom difference is positive with a CI above 0; *contradicted* when either
+is significantly negative; otherwise *not supported*: the report says plainly that
+low-overlap suffixes turned out as valuable as high-overlap ones, and why (the correlation's
+CI includes 0, and / or the top-vs-bottom difference is not significant); *insufficient*
+with fewer than :data:`MIN_N` candidates or no variation.  The within-prompt kept-minus-
+stopped difference is reported next to it but does not enter the verdict.
+
+Fallback: without a ``continue_all`` run the pair's ``pgopd`` candidates are used; there
+only continued (high-overlap) candidates have suffixes, so the analysis covers the upper
+part of the overlap range and cannot tell what the stopped suffixes would have been worth;
+the text says so.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from . import stats as S
+
+OUTCOMES = ("reward_suffix", "correct")
+OUTCOME_LABELS = {"reward_suffix": "mean teacher reward on the suffix",
+                  "correct": "final correctness (finished candidates)"}
+SOURCES = ("continue_all", "pgopd")  # preferred first
+N_BINS = 5
+MIN_N = 10  # fewer candidates with an outcome: no verdict
+_KEEP = ("step", "group", "probe_overlap", "selected", "continued", "decision_step", "reward_suffix",
+         "correct", "finished", "stopped", "length", "truncated_at", "stop_reason", "weight_min",
+         "weight_mean", "drift_events", "train_len", "keep")
+
+CSV_COLUMNS = ("pair", "source", "outcome", "n", "spearman_rho", "rho_ci_low", "rho_ci_high", "spearman_p",
+               "n_bins", "bottom_bin_mean", "top_bin_mean", "top_minus_bottom", "tmb_ci_low", "tmb_ci_high",
+               "kept_minus_stopped", "kms_ci_low", "kms_ci_high", "n_groups", "verdict")
+BIN_COLUMNS = ("pair", "source", "outcome", "bin", "x_low", "x_high", "x_mean", "y_mean", "y_sem", "n")
+
+
+# ----------------------------------------------------------------------------- loading
+def load_candidates(paths) -> dict[tuple[str, str, int], list[dict]]:
+    """(pair, method, seed) -> candidate records (only the fields the report uses)."""
+    from .table import run_key
+
+    out = {}
+    for path in map(Path, paths):
+        key = run_key(path)
+        recs = []
+        with open(path) as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i}: not json: {e}") from None
+                recs.append({k: rec.get(k) for k in _KEEP})
+        out[key] = recs
+    return out
+
+
+def ranked(recs: list[dict]) -> list[dict]:
+    """Candidates ranked at the probe decision (not finished within the prefix)."""
+    return [r for r in recs if r.get("decision_step") is not None and r.get("probe_overlap") is not None]
+
+
+def _value(r: dict, outcome: str) -> Optional[float]:
+    v = r.get(outcome)
+    if v is None:
+        return None
+    return float(v)  # bool -> 0/1
+
+
+# ----------------------------------------------------------------------------- analysis
+def analyse_outcome(recs: list[dict], outcome: str, n_bins: int = N_BINS, n_boot: int = S.N_BOOT,
+                    seed: int = 0, within_group: bool = True) -> dict:
+    """Numbers for one outcome over ranked candidate records (with ``_run`` = seed id)."""
+    import numpy as np
+
+    pts = [(float(r["probe_overlap"]), _value(r, outcome), r) for r in recs if _value(r, outcome) is not None]
+    x = np.array([p[0] for p in pts], dtype=float)
+    y = np.array([p[1] for p in pts], dtype=float)
+    res = {"outcome": outcome, "n": len(pts)}
+    res.update({f"spearman_{k}" if k in ("rho", "p") else f"rho_{k}": v
+                for k, v in S.spearman_ci(x, y, n_boot=n_boot, seed=seed).items() if k != "n"})
+    bins = S.quantile_bins(x, y, n_bins)
+    res["bins"] = bins
+    res["n_bins"] = len(bins)
+    res.update(bottom_bin_mean=None, top_bin_mean=None, top_minus_bottom=None, tmb_ci_low=None, tmb_ci_high=None)
+    if len(bins) >= 2:
+        idx = S.bin_members(x, n_bins)
+        top, bottom = y[idx == idx.max()], y[idx == 0]
+        d = S.bootstrap_mean_diff(top, bottom, n_boot=n_boot, seed=seed + 1)
+        res.update(bottom_bin_mean=float(bottom.mean()), top_bin_mean=float(top.mean()),
+                   top_minus_bottom=d["diff"], tmb_ci_low=d["ci_low"], tmb_ci_high=d["ci_high"])
+    res.update(kept_minus_stopped=None, kms_ci_low=None, kms_ci_high=None, n_groups=0)
+    if within_group:
+        groups = defaultdict(lambda: ([], []))
+        for _x, v, r in pts:
+            if r.get("selected") is None:
+                continue
+            groups[(r.get("_run"), r.get("step"), r.get("group"))][0 if r["selected"] else 1].append(v)
+        d = [sum(k) / len(k) - sum(s) / len(s) for k, s in groups.values() if k and s]
+        ci = S.bootstrap_mean_ci(d, n_boot=n_boot, seed=seed + 2)
+        res.update(kept_minus_stopped=ci["mean"], kms_ci_low=ci["ci_low"], kms_ci_high=ci["ci_high"],
+                   n_groups=ci["n"])
+    res["verdict"] = verdict(res)
+    return res
+
+
+def verdict(res: dict) -> str:
+    if res["n"] < MIN_N or res.get("spearman_rho") is None:
+        return "insufficient"
+    rho_pos = S.ci_excludes_zero(res["rho_ci_low"], res["rho_ci_high"]) and res["spearman_rho"] > 0
+    rho_neg = S.ci_excludes_zero(res["rho_ci_low"], res["rho_ci_high"]) and res["spearman_rho"] < 0
+    tmb = res.get("top_minus_bottom")
+    tmb_sig = S.ci_excludes_zero(res.get("tmb_ci_low"), res.get("tmb_ci_high"))
+    tmb_pos = tmb_sig and tmb > 0
+    tmb_neg = tmb_sig and tmb < 0
+    if rho_neg or tmb_neg:
+        return "contradicted"
+    if rho_pos and tmb_pos:
+        return "supported"
+    return "not_supported"
+
+
+def analyse(cands: dict[tuple[str, str, int], list[dict]], n_bins: int = N_BINS, n_boot: int = S.N_BOOT,
+            seed: int = 0) -> dict:
+    """Per pair: the source used (continue_all, else pgopd, else none) and per-outcome results."""
+    pairs = []
+    for (pair, _m, _s) in cands:
+        if pair not in pairs:
+            pairs.append(pair)
+    out = {"pairs": {}}
+    for pair in pairs:
+        source = next((m for m in SOURCES if any(p == pair and mm == m for p, mm, _s in cands)), None)
+        entry = {"source": source, "n_seeds": 0, "n_ranked": 0, "results": {}}
+        if source is not None:
+            recs = []
+            runs = sorted(s for p, m, s in cands if p == pair and m == source)
+            for s in runs:
+                for r in ranked(cands[(pair, source, s)]):
+                    recs.append({**r, "_run": s})
+            entry["n_seeds"], entry["n_ranked"] = len(runs), len(recs)
+            if source == "pgopd":
+                entry["n_continued"] = sum(bool(r.get("continued")) for r in recs)
+            for outcome in OUTCOMES:
+                entry["results"][outcome] = analyse_outcome(recs, outcome, n_bins, n_boot, seed,
+                                                            within_group=source == "continue_all")
+        entry["text"] = sentences(pair, entry)
+        out["pairs"][pair] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------- text
+def _f(v, fmt="+.3f"):
+    return "n/a" if v is None else format(v, fmt)
+
+
+def _ci(lo, hi, fmt="+.3f"):
+    return "" if lo is None else f" [{_f(lo, fmt)}, {_f(hi, fmt)}]"
+
+
+def sentence(res: dict) -> str:
+    """One plain sentence (or two) on one outcome, generated from the numbers."""
+    what = OUTCOME_LABELS[res["outcome"]]
+    v = res["verdict"]
+    if v == "insufficient":
+        return (f"{what.capitalize()}: too few candidates (n = {res['n']}) or no variation to judge "
+                f"whether probe overlap predicts it.")
+    rho = (f"Spearman ρ = {_f(res['spearman_rho'], '+.2f')}{_ci(res['rho_ci_low'], res['rho_ci_high'], '+.2f')}"
+           f", n = {res['n']}")
+    tmb = ("top-vs-bottom overlap bin difference " + _f(res["top_minus_bottom"])
+           + _ci(res["tmb_ci_low"], res["tmb_ci_high"])) if res.get("top_minus_bottom") is not None \
+        else "no top-vs-bottom bin difference (one bin only)"
+    kms = ""
+    if res.get("kept_minus_stopped") is not None:
+        kms = (f"; within the same prompt, the candidates PG-OPD would have kept minus those it would have "
+               f"stopped: {_f(res['kept_minus_stopped'])}{_ci(res['kms_ci_low'], res['kms_ci_high'])} over "
+               f"{res['n_groups']} prompts")
+    if v == "supported":
+        head = (f"Probe overlap predicts the {what}: higher-overlap prefixes led to more valuable suffixes")
+    elif v == "contradicted":
+        head = (f"Probe overlap is inversely related to the {what}: low-overlap suffixes were MORE valuable "
+                f"than high-overlap ones, contrary to PG-OPD's premise")
+    else:
+        rho_sig = S.ci_excludes_zero(res["rho_ci_low"], res["rho_ci_high"])
+        tmb_sig = res.get("top_minus_bottom") is not None and S.ci_excludes_zero(res["tmb_ci_low"],
+                                                                                 res["tmb_ci_high"])
+        reasons = []
+        if not rho_sig:
+            reasons.append("the 95% CI of the correlation includes 0")
+        if not tmb_sig:
+            reasons.append("the top-vs-bottom bin difference is not significant")
+        if rho_sig != tmb_sig:
+            reasons[-1] += (" although the correlation's CI excludes 0" if rho_sig
+                            else " although the top-vs-bottom difference is significant")
+        head = (f"Low-overlap suffixes turned out as valuable as high-overlap ones by the {what} "
+                f"({' and '.join(reasons)}); this does not support PG-OPD's premise that low prefix overlap "
+                f"marks low-value suffixes")
+    return f"{head} ({rho}; {tmb}{kms})."
+
+
+def sentences(pair: str, entry: dict) -> list[str]:
+    src = entry["source"]
+    if src is None:
+        return [f"{pair}: neither continue_all nor pgopd was run, so probe overlap was never measured."]
+    out = []
+    if src == "continue_all":
+        out.append(f"{pair}: from the continue_all control ({entry['n_seeds']} seed(s), {entry['n_ranked']} "
+                   f"candidates ranked at the probe), where every candidate ran to full length.")
+    else:
+        out.append(f"{pair}: continue_all was not run, so this uses PG-OPD's own candidates "
+                   f"({entry['n_seeds']} seed(s), {entry['n_ranked']} ranked at the probe, "
+                   f"{entry.get('n_continued', 0)} continued). Only continued (high-overlap) candidates have "
+                   f"suffixes: the suffix analysis covers the upper part of the overlap range only and cannot "
+                   f"show what the stopped suffixes would have been worth. Enable train.controls to run "
+                   f"continue_all.")
+    out += [sentence(entry["results"][o]) for o in OUTCOMES]
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+def rows(fals: dict) -> list[dict]:
+    out = []
+    for pair, entry in fals["pairs"].items():
+        for outcome, res in entry["results"].items():
+            row = {"pair": pair, "source": entry["source"]}
+            row.update({k: res.get(k) for k in CSV_COLUMNS if k not in ("pair", "source")})
+            out.append(row)
+    return out
+
+
+def bin_rows(fals: dict) -> list[dict]:
+    out = []
+    for pair, entry in fals["pairs"].items():
+        for outcome, res in entry["results"].items():
+            for b in res["bins"]:
+                out.append({"pair": pair, "source": entry["source"], "outcome": outcome, **b})
+    return out
+
+
+def _csv(columns, rows_) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    for r in rows_:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def render_markdown(fals: dict) -> str:
+    lines = ["# Falsification: does probe overlap predict suffix value?", "",
+             "Premise tested (PG-OPD review, §3.2): low top-k overlap on the prefix marks a low-value suffix. "
+             "Outcomes: mean teacher reward on the suffix, and final correctness where the candidate finished. "
+             "95% CIs from bootstrap resampling.", ""]
+    if not fals["pairs"]:
+        lines += ["No candidates.jsonl was given: no analysis.", ""]
+    for pair, entry in fals["pairs"].items():
+        lines += [f"## {pair}", ""]
+        lines += [f"- {s}" for s in entry["text"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_html(fals: dict) -> str:
+    import html
+
+    parts = []
+    if not fals["pairs"]:
+        parts.append("<p>No candidates.jsonl was given: no analysis.</p>")
+    for pair, entry in fals["pairs"].items():
+        parts.append(f"<h3>{html.escape(pair)}</h3><ul>")
+        parts += [f"<li>{html.escape(s)}</li>" for s in entry["text"]]
+        parts.append("</ul>")
+    return "\n".join(parts)
+
+
+def write(fals: dict, out_dir: Path) -> None:
+    """``falsification.csv`` (one row per pair and outcome) and ``falsification.md`` (the text)."""
+    from .table import write_atomic
+
+    out_dir = Path(out_dir)
+    write_atomic(out_dir / "falsification.csv", _csv(CSV_COLUMNS, rows(fals)))
+    write_atomic(out_dir / "falsification.md", render_markdown(fals))

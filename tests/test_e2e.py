@@ -1,0 +1,108 @@
+"""The whole DAG on config/test.yaml (tiny), run by Snakemake in a copy of the repo,
+and every output checked for content."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+pytestmark = pytest.mark.slow
+
+
+def read_jsonl(p):
+    return [json.loads(x) for x in Path(p).read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    for name in ("Snakefile", "workflow", "config"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    p = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "config/test.yaml",
+                        "--workflow-profile", "workflow/profiles/default"],
+                       cwd=d, env=env, capture_output=True, text=True, timeout=900)
+    if p.returncode:
+        logs = "\n".join(f"--- {f}\n{f.read_text()[-3000:]}" for f in (d / "results/logs").rglob("*.log"))
+        pytest.fail(f"snakemake failed:\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}\n{logs}")
+    return d / "results"
+
+
+def test_data_outputs(run_dir):
+    train = read_jsonl(run_dir / "data/train.jsonl")
+    assert len(train) == 200
+    for r in train[:50]:
+        assert str(eval(r["prompt"])) == r["answer"]  # synthetic arithmetic: the gold is right
+        assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}")
+    for name, ops in (("easy", 1), ("medium", 2), ("hard", 3)):
+        b = read_jsonl(run_dir / f"data/bench/{name}.jsonl")
+        assert len(b) == 16 and all(r["prompt"].count("+") + r["prompt"].count("-") == ops for r in b)
+
+
+def test_models_and_teacher_cache(run_dir):
+    build = json.loads((run_dir / "models/toy/build.json").read_text())
+    for role in ("teacher", "student"):
+        assert (run_dir / f"models/toy/{role}/config.json").exists()
+        assert (run_dir / f"models/toy/{role}/tokenizer.json").exists()
+    assert build["teacher"]["params"] > build["student"]["params"]
+    cache = json.loads((run_dir / "teacher/toy/summary.json").read_text())
+    samples = read_jsonl(run_dir / "teacher/toy/samples.jsonl")
+    assert cache["n_prompts"] == 200 and len(samples) == 200
+    assert abs(cache["accuracy"] - sum(s["correct"] for s in samples) / 200) < 1e-9
+    assert set(cache["solved_ids"]) == {s["id"] for s in samples if s["correct"]}
+
+
+@pytest.mark.parametrize("method", ["opd", "pgopd", "pruneopd"])
+def test_training_outputs(run_dir, method):
+    d = run_dir / f"train/toy/{method}/seed0"
+    metrics = read_jsonl(d / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3]
+    for m in metrics:
+        for k in ("loss", "reward_mean", "tokens_generated", "tokens_teacher_scored", "tokens_trained",
+                  "t_rollout_s", "t_teacher_s", "t_update_s"):
+            assert k in m
+        assert m["tokens_teacher_scored"] == m["tokens_generated"] > 0
+        assert 0 <= m["tokens_trained"] <= m["tokens_generated"]
+    cands = read_jsonl(d / "candidates.jsonl")
+    assert len(cands) == 4 * 4 * 2  # steps x prompts x samples
+    assert sum(c["length"] for c in cands) == sum(m["tokens_generated"] for m in metrics)
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["gen_tokens"] == sum(m["tokens_generated"] for m in metrics)
+    assert (d / "checkpoint/config.json").exists() and (d / "checkpoint/tokenizer.json").exists()
+    if method == "pgopd":
+        assert all("probe_overlap" in c for c in cands)
+        assert any(c["stopped"] for c in cands)
+    if method == "opd":
+        assert not any(c["stopped"] for c in cands)
+
+
+def test_evaluation_and_table(run_dir):
+    rows = list(csv.DictReader(open(run_dir / "tables/main.csv")))
+    assert [r["method"] for r in rows] == ["teacher", "student", "opd", "pgopd", "pruneopd"]
+    for r in rows:
+        accs = []
+        for bench in ("easy", "medium", "hard"):
+            s = json.loads((run_dir / f"eval/toy/{r['method']}/"
+                            f"{'base' if r['method'] in ('teacher', 'student') else 'seed0'}/{bench}.json").read_text())
+            samples = read_jsonl(run_dir / f"eval/toy/{r['method']}/"
+                                 f"{'base' if r['method'] in ('teacher', 'student') else 'seed0'}/{bench}.jsonl")
+            assert len(samples) == 16 * 2
+            assert abs(s["accuracy"] - sum(x["correct"] for x in samples) / len(samples)) < 1e-9
+            assert abs(float(r[bench]) - 100 * s["accuracy"]) < 0.006
+            accs.append(100 * s["accuracy"])
+        assert abs(float(r["avg"]) - sum(accs) / 3) < 0.01
+        if r["method"] in ("teacher", "student"):
+            assert r["train_wall_s"] == "" and r["gen_tokens"] == ""
+        else:
+            summary = json.loads((run_dir / f"train/toy/{r['method']}/seed0/summary.json").read_text())
+            assert abs(float(r["gen_tokens"]) - summary["gen_tokens"]) < 1
+    md = (run_dir / "tables/main.md").read_text()
+    assert "pgopd" in md and "teacher" in md
