@@ -126,6 +126,13 @@ def main(argv=None) -> int:
     except C.ConfigError as e:
         print(f"pgopd {args.stage}: config error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, FileNotFoundError) as e:
+        # bad input (data, tokenizers, paths): the message says what to fix; PGOPD_DEBUG=1
+        # shows the traceback
+        if os.environ.get("PGOPD_DEBUG"):
+            raise
+        print(f"pgopd {args.stage}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,7 +18,17 @@ def cache_teacher(args):
 
 
 def train(args):
-    from .train import train as run
+    from .train import Diverged, Stop, train as run
+
+    try:
+        _train(run, args)
+    except Stop as e:  # SIGTERM: checkpoint written; a rerun of the job resumes
+        raise SystemExit(f"pgopd train: {e}; checkpoint in {args.out_dir}/resume") from None
+    except Diverged as e:
+        raise SystemExit(f"pgopd train: error: {e}; checkpoint in {args.out_dir}/resume") from None
+
+
+def _train(run, args):
     run(args.cfg, method=args.method, seed=args.seed, teacher=args.teacher, student=args.student,
         train_data=args.train_data, teacher_cache=args.teacher_cache, out_dir=args.out_dir,
         reference=args.reference)

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -171,7 +172,8 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list[str], tokenizer) -> list[dict]:
+def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list[str], tokenizer,
+                   cid_offset: int = 0, group_offset: int = 0) -> list[dict]:
     """Per-candidate record: decisions, lengths, weights, teacher reward on prefix / suffix,
     final correctness where the response finished (feeds the falsification analysis)."""
     from .grading import grade
@@ -181,7 +183,8 @@ def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list
     for c in res.cands:
         r = c.reward()
         pre, suf = r[:prefix_len], r[prefix_len:]
-        rec = {"step": step, "cid": c.cid, "group": c.group, "length": c.length, "finished": c.finished,
+        rec = {"step": step, "cid": c.cid + cid_offset, "group": c.group + group_offset, "length": c.length,
+               "finished": c.finished,
                "stopped": c.stopped, "keep": c.keep, "train_len": res.train_len(c),
                "reward_prefix": sum(pre) / len(pre) if pre else None,
                "reward_suffix": sum(suf) / len(suf) if suf else None,
@@ -194,8 +197,114 @@ def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list
     return out
 
 
+class Stop(Exception):
+    """SIGTERM arrived: a checkpoint was written; the job should exit and be rerun."""
+
+
+class Diverged(RuntimeError):
+    """More non-finite steps than ``train.max_bad_steps``."""
+
+
+@dataclass
+class RunState:
+    """Everything besides model / optimizer / scheduler that a resumed run needs."""
+
+    step: int = 0                     # next step to run
+    prompt_position: int = 0          # PromptSampler.position
+    bad_steps: int = 0
+    totals: dict = field(default_factory=lambda: {k: 0 for k in (
+        "gen", "scored", "trained", "cands", "continued", "decided")})
+    wall_s: float = 0.0               # training wall time before this process
+    policy: object = None             # the allocation policy (random_prune keeps an RNG)
+    metrics_lines: int = 0            # lines of metrics.jsonl.tmp that belong to steps < step
+    candidates_lines: int = 0
+
+
+class _Dist:
+    """Rank / world size and the few collectives the loop needs (no-ops on one process)."""
+
+    def __init__(self):
+        import torch.distributed as td
+
+        self.td = td if td.is_available() and td.is_initialized() else None
+        self.rank = self.td.get_rank() if self.td else 0
+        self.world = self.td.get_world_size() if self.td else 1
+
+    def sum(self, *xs: float) -> list[float]:
+        if not self.td:
+            return list(xs)
+        t = torch.tensor(xs, dtype=torch.float64)
+        self.td.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj) -> list:
+        if not self.td:
+            return [obj]
+        out = [None] * self.world
+        self.td.all_gather_object(out, obj)
+        return out
+
+    def barrier(self):
+        if self.td:
+            self.td.barrier()
+
+
+def _truncate_lines(path: Path, n: int) -> None:
+    """Keep the first ``n`` lines of ``path`` (metrics of steps after the checkpoint go)."""
+    if not path.exists():
+        path.write_text("")
+        return
+    lines = path.read_text().splitlines(keepends=True)[:n]
+    path.write_text("".join(lines))
+
+
+def save_resume(engine, state: RunState, out_dir: Path, dist: "_Dist") -> None:
+    """Checkpoint model, optimizer, scheduler (DeepSpeed) and the run state, atomically:
+    written to ``resume.tmp`` and renamed over ``resume``."""
+    import pickle
+    import shutil
+
+    tmp, final, old = out_dir / "resume.tmp", out_dir / "resume", out_dir / "resume.old"
+    if dist.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    engine.save_checkpoint(str(tmp), tag="state")
+    if dist.rank == 0:
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        with open(tmp / "run_state.pkl", "wb") as fh:
+            pickle.dump({"state": state, "rng": rng}, fh)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def load_resume(engine, out_dir: Path) -> RunState | None:
+    """The last complete checkpoint of this run, loaded into ``engine``; None if there is none."""
+    import pickle
+
+    for d in (out_dir / "resume", out_dir / "resume.old"):  # .old: killed between the two renames
+        if (d / "run_state.pkl").exists():
+            engine.load_checkpoint(str(d), tag="state", load_optimizer_states=True,
+                                   load_lr_scheduler_states=True)
+            with open(d / "run_state.pkl", "rb") as fh:
+                saved = pickle.load(fh)
+            random.setstate(saved["rng"]["python"])
+            torch.set_rng_state(saved["rng"]["torch"])
+            return saved["state"]
+    return None
+
+
+def grads_finite(engine) -> bool:
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in engine.module.parameters())
+
+
 def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: str, train_data: Path,
           teacher_cache: Path, out_dir: Path, reference: Path | None = None) -> dict:
+    """Run (or resume) one training job; returns the summary written to ``summary.json``."""
+    import signal
+
     init_distributed_env()
     import deepspeed
     from tqdm import tqdm
@@ -224,7 +333,6 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
             raise ValueError("train.select_solved: the teacher solved none of the training prompts")
         log.info("teacher-aligned selection: %d prompts kept", len(records))
     ref = json.loads(Path(reference).read_text()) if reference else None
-    policy = make_policy(method, cfg, seed=seed, reference=ref)
 
     teacher_model = load_model(teacher)
     student_model = load_model(student)
@@ -233,87 +341,157 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
     engine, _, _, _ = deepspeed.initialize(model=student_model, config=ds_config(cfg),
                                            model_parameters=[p for p in student_model.parameters()
                                                              if p.requires_grad])
+    dist = _Dist()
+    if cfg.prompts_per_step % dist.world:
+        raise ValueError(f"train.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the "
+                         f"number of training processes ({dist.world})")
     pad_id, eos_id = tok_s.pad_token_id, tok_s.eos_token_id
     prompt_ids = encode_prompts(tok_s, [r["prompt"] for r in records])
-    sampler_prompts = PromptSampler(len(records), seed)
 
-    if cfg.cold_start_steps:
-        _cold_start(engine, cfg, Path(teacher_cache), records, prompt_ids, pad_id, seed)
+    state = load_resume(engine, out_dir)
+    metrics_path, cands_path = out_dir / "metrics.jsonl.tmp", out_dir / "candidates.jsonl.tmp"
+    if state is None:
+        state = RunState(policy=make_policy(method, cfg, seed=seed, reference=ref))
+        if dist.rank == 0:
+            metrics_path.write_text("")
+            cands_path.write_text("")
+        if cfg.cold_start_steps:
+            _cold_start(engine, cfg, Path(teacher_cache), records, prompt_ids, pad_id, seed)
+    else:
+        log.info("resuming from step %d", state.step)
+        if dist.rank == 0:
+            _truncate_lines(metrics_path, state.metrics_lines)
+            _truncate_lines(cands_path, state.candidates_lines)
+    policy = state.policy
+    prompts = PromptSampler(len(records), seed)
+    prompts.position = state.prompt_position
+
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))  # slurm's warning
 
     from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(out_dir / "tb"))
-    metrics_f = open(out_dir / "metrics.jsonl.tmp", "w")
-    cands_f = open(out_dir / "candidates.jsonl.tmp", "w")
-    totals = {"gen": 0, "scored": 0, "trained": 0, "cands": 0, "continued": 0, "decided": 0}
-    bad_steps = 0
+    tb = SummaryWriter(str(out_dir / "tb")) if dist.rank == 0 else None
     scorer = TeacherScorer(teacher_model, pad_id, topk=cfg.overlap_k)
-    for step in tqdm(range(cfg.steps), desc=f"train {method}", unit="step"):
-        idx = sampler_prompts.next(cfg.prompts_per_step)
+    per_rank = cfg.prompts_per_step // dist.world
+    n_rows = cfg.prompts_per_step * cfg.n_samples
+    bar = tqdm(range(state.step, cfg.steps), desc=f"train {method}", unit="step", disable=dist.rank != 0)
+    for step in bar:
+        idx_all = prompts.next(cfg.prompts_per_step)
+        idx = idx_all[dist.rank * per_rank:(dist.rank + 1) * per_rank]
         engine.module.eval()
         sampler = HFSampler(engine.module, eos_id, pad_id, cfg.temperature, cfg.top_p,
-                            topk=max(cfg.overlap_k, cfg.loss_top_k), seed=seed * 1_000_003 + step)
+                            topk=max(cfg.overlap_k, cfg.loss_top_k), seed=seed * 1_000_003 + step,
+                            row_offset=dist.rank * per_rank * cfg.n_samples, n_global=n_rows)
         res = rollout(sampler, scorer, policy, [prompt_ids[i] for i in idx], n_samples=cfg.n_samples,
                       max_new_tokens=cfg.max_new_tokens, chunk_size=cfg.chunk_size,
                       overlap_k=cfg.overlap_k, loss_top_k=cfg.loss_top_k)
-        t0 = time.perf_counter()
-        lr = engine.get_lr()[0]  # the rate this step's update uses
-        engine.module.train()
-        batch = assemble(res, pad_id)
-        stats = {"reward_mean": float("nan"), "kl": float("nan")}
-        loss_val = 0.0
-        if batch is not None:
-            loss, stats = opd_loss_on_batch(engine, batch, cfg.loss_top_k)
-            loss_val = float(loss.detach())
-            if not math.isfinite(loss_val):
-                bad_steps += 1
-                log.warning("step %d: non-finite loss, step skipped (%d so far)", step, bad_steps)
-                engine.optimizer.zero_grad()
-                if bad_steps > cfg.max_bad_steps:
-                    raise RuntimeError(f"{bad_steps} non-finite steps (train.max_bad_steps = "
-                                       f"{cfg.max_bad_steps}); stopping")
-            else:
-                engine.backward(loss)
-                engine.step()
-        t_update = time.perf_counter() - t0
+        m = _update(engine, res, cfg, pad_id, dist, state, step, out_dir)
         decided = [c for c in res.cands if c.info.get("decision_step") is not None]  # live at the probe
-        totals["gen"] += res.tokens_generated
-        totals["scored"] += res.tokens_teacher_scored
-        totals["trained"] += res.tokens_trained
-        totals["cands"] += len(res.cands)
-        totals["decided"] += len(decided)
-        totals["continued"] += sum(bool(c.info["continued"]) for c in decided)
-        m = {"step": step, "loss": loss_val, "reward_mean": stats.get("reward_mean"),
-             "kl": stats.get("kl"), "tokens_generated": res.tokens_generated,
-             "tokens_teacher_scored": res.tokens_teacher_scored, "tokens_trained": res.tokens_trained,
-             "t_rollout_s": res.t_rollout_s, "t_teacher_s": res.t_teacher_s, "t_update_s": t_update,
-             "n_candidates": len(res.cands), "n_kept": sum(c.keep for c in res.cands),
-             "mean_length": res.tokens_generated / len(res.cands),
-             "overlap_mean": _mean([x for c in res.cands for x in c.overlap]),
-             "continue_rate": (sum(bool(c.info["continued"]) for c in decided) / len(decided)) if decided else None,
-             "lr": lr}
-        metrics_f.write(json.dumps(m) + "\n")
-        metrics_f.flush()
-        for k, v in m.items():
-            if k != "step" and isinstance(v, (int, float)) and v is not None:
-                tb.add_scalar(f"train/{k}", v, step)
+        g = dist.sum(res.tokens_generated, res.tokens_teacher_scored, res.tokens_trained, len(res.cands),
+                     len(decided), sum(bool(c.info["continued"]) for c in decided),
+                     sum(c.keep for c in res.cands), sum(len(c.overlap) for c in res.cands),
+                     sum(sum(c.overlap) for c in res.cands))
+        gen, scored, trained, n_c, n_dec, n_cont, n_kept, n_ov, s_ov = g
+        for k, v in zip(("gen", "scored", "trained", "cands", "decided", "continued"),
+                        (gen, scored, trained, n_c, n_dec, n_cont)):
+            state.totals[k] += int(v)
+        m.update({"tokens_generated": int(gen), "tokens_teacher_scored": int(scored),
+                  "tokens_trained": int(trained), "t_rollout_s": res.t_rollout_s,
+                  "t_teacher_s": res.t_teacher_s, "n_candidates": int(n_c), "n_kept": int(n_kept),
+                  "mean_length": gen / max(n_c, 1), "overlap_mean": s_ov / n_ov if n_ov else None,
+                  "continue_rate": n_cont / n_dec if n_dec else None, "bad_steps": state.bad_steps})
         answers = [records[i]["answer"] for i in idx]
-        for rec in _candidate_log(step, res, cfg.pgopd.prefix_len, answers, tok_s):
-            cands_f.write(json.dumps(rec) + "\n")
-    metrics_f.close()
-    cands_f.close()
-    tb.close()
-    _save_hf(engine, tok_s, out_dir / "checkpoint", cfg.zero_stage)
-    wall = time.perf_counter() - t_start
-    summary = {"method": method, "seed": seed, "steps": cfg.steps, "train_wall_s": wall,
-               "gen_tokens": totals["gen"], "tokens_teacher_scored": totals["scored"],
-               "tokens_trained": totals["trained"], "n_candidates": totals["cands"],
-               "mean_generated_tokens": totals["gen"] / max(totals["cands"], 1),
-               "continue_rate": totals["continued"] / totals["decided"] if totals["decided"] else None,
-               "bad_steps": bad_steps, "teacher": teacher, "student": student}
-    os.replace(out_dir / "metrics.jsonl.tmp", out_dir / "metrics.jsonl")
-    os.replace(out_dir / "candidates.jsonl.tmp", out_dir / "candidates.jsonl")
-    _write_json_atomic(out_dir / "summary.json", summary)
+        cand_recs = [r for rank_recs in dist.gather(
+            _candidate_log(step, res, cfg.pgopd.prefix_len, answers, tok_s,
+                           cid_offset=dist.rank * per_rank * cfg.n_samples, group_offset=dist.rank * per_rank))
+            for r in rank_recs]
+        if dist.rank == 0:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(m) + "\n")
+            with open(cands_path, "a") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in cand_recs)
+            for k, v in m.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    tb.add_scalar(f"train/{k}", v, step)
+        state.step, state.prompt_position = step + 1, prompts.position
+        state.metrics_lines += 1
+        state.candidates_lines += len(cand_recs)
+        interrupted = bool(dist.sum(float(stop["flag"]))[0])
+        last = step + 1 == cfg.steps
+        if interrupted or (cfg.save_every and (step + 1) % cfg.save_every == 0 and not last):
+            state.wall_s += time.perf_counter() - t_start
+            t_start = time.perf_counter()
+            save_resume(engine, state, out_dir, dist)
+            if interrupted:
+                log.warning("SIGTERM: checkpoint written at step %d; rerun the job to resume", step + 1)
+                raise Stop(f"interrupted after step {step + 1}")
+    bar.close()
+    if tb:
+        tb.close()
+    return _finish(engine, tok_s, cfg, state, out_dir, dist, t_start, method, seed, teacher, student)
+
+
+def _update(engine, res: RolloutResult, cfg: TrainConfig, pad_id: int, dist: "_Dist", state: RunState,
+            step: int, out_dir: Path) -> dict:
+    """Assemble, loss, backward, step — skipping (and counting) non-finite steps."""
+    t0 = time.perf_counter()
+    lr = engine.get_lr()[0]  # the rate this step's update uses
+    engine.module.train()
+    batch = assemble(res, pad_id)
+    n_local = float(batch["mask_BT"].sum()) if batch is not None else 0.0
+    (n_global,) = dist.sum(n_local)
+    stats, loss_val, ok = {}, 0.0, True
+    if batch is not None:
+        loss, stats = opd_loss_on_batch(engine, batch, cfg.loss_top_k)
+        # token-mean over the *global* batch: DeepSpeed averages gradients over ranks, so each
+        # rank's token-mean is rescaled by its share of the tokens
+        scale = n_local * dist.world / n_global if n_global else 0.0
+        loss = loss * scale
+        loss_val = float(loss.detach())
+        ok = math.isfinite(loss_val)
+        if ok:
+            engine.backward(loss)
+            ok = grads_finite(engine)
+    elif n_global:
+        # this rank trains no token but others do: join the gradient all-reduce with a zero loss
+        loss = sum(p.sum() for p in engine.module.parameters()) * 0.0
+        engine.backward(loss)
+    ok = bool(dist.sum(float(not ok))[0] == 0)
+    if not ok:
+        state.bad_steps += 1
+        log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", step, state.bad_steps)
+        engine.optimizer.zero_grad()
+        if state.bad_steps > cfg.max_bad_steps:
+            save_resume(engine, state, out_dir, dist)
+            raise Diverged(f"{state.bad_steps} non-finite steps, more than train.max_bad_steps = "
+                               f"{cfg.max_bad_steps}; stopping (last checkpoint kept)")
+    elif n_global:
+        engine.step()
+    loss_sum, reward_sum = dist.sum(loss_val / dist.world, stats.get("reward_mean", 0.0) * n_local)
+    return {"step": step, "loss": loss_sum, "reward_mean": reward_sum / n_global if n_global else None,
+            "kl": -reward_sum / n_global if n_global else None, "t_update_s": time.perf_counter() - t0,
+            "lr": lr}
+
+
+def _finish(engine, tok, cfg, state: RunState, out_dir: Path, dist, t_start, method, seed, teacher,
+            student) -> dict:
+    import shutil
+
+    _save_hf(engine, tok, out_dir / "checkpoint", cfg.zero_stage, dist)
+    t = state.totals
+    summary = {"method": method, "seed": seed, "steps": cfg.steps,
+               "train_wall_s": state.wall_s + time.perf_counter() - t_start,
+               "gen_tokens": t["gen"], "tokens_teacher_scored": t["scored"], "tokens_trained": t["trained"],
+               "n_candidates": t["cands"], "mean_generated_tokens": t["gen"] / max(t["cands"], 1),
+               "continue_rate": t["continued"] / t["decided"] if t["decided"] else None,
+               "bad_steps": state.bad_steps, "world_size": dist.world, "teacher": teacher, "student": student}
+    if dist.rank == 0:
+        os.replace(out_dir / "metrics.jsonl.tmp", out_dir / "metrics.jsonl")
+        os.replace(out_dir / "candidates.jsonl.tmp", out_dir / "candidates.jsonl")
+        _write_json_atomic(out_dir / "summary.json", summary)
+        shutil.rmtree(out_dir / "resume", ignore_errors=True)  # the HF checkpoint is the result
+    dist.barrier()
     log.info("done: %s", summary)
     return summary
 
@@ -322,23 +500,27 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
-def _save_hf(engine, tokenizer, path: Path, zero_stage: int) -> None:
-    """Save the student in HF format, atomically (temp dir, then rename)."""
+def _save_hf(engine, tokenizer, path: Path, zero_stage: int, dist=None) -> None:
+    """Save the student in HF format from rank 0, atomically (temp dir, then rename)."""
     import shutil
 
+    rank0 = dist is None or dist.rank == 0
     tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     module = engine.module
-    if zero_stage == 3:
+    if zero_stage == 3:  # parameters are sharded: gather them (collective) before saving
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
-            module.save_pretrained(tmp)
-    else:
+            if rank0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                module.save_pretrained(tmp)
+    elif rank0:
+        shutil.rmtree(tmp, ignore_errors=True)
         module.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    if rank0:
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
 
 
 def _cold_start(engine, cfg: TrainConfig, cache_dir: Path, records, prompt_ids, pad_id, seed) -> None:

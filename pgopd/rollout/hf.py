@@ -51,10 +51,13 @@ class HFSampler:
     """Student sampler over a :class:`KVBatch`: ``start`` once, ``extend`` per chunk, ``select``."""
 
     def __init__(self, model, eos_id: int, pad_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                 topk: int = 8, seed: int = 0):
+                 topk: int = 8, seed: int = 0, row_offset: int = 0, n_global: int | None = None):
+        """``row_offset`` / ``n_global``: this process's rows within a batch split over ranks;
+        the noise is drawn for all ``n_global`` rows so a row samples the same tokens whether
+        1 or N processes share the batch."""
         self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
         self.temperature, self.top_p, self.topk = temperature, top_p, topk
-        self.seed = seed
+        self.seed, self.row_offset, self.n_global = seed, row_offset, n_global
 
     def start(self, prompts: list[list[int]]) -> None:
         self.kv = KVBatch(self.model, prompts, self.pad_id)
@@ -62,7 +65,9 @@ class HFSampler:
         self.pending_B = None                      # sampled but not yet fed to the model
         self.rows_B = torch.arange(len(prompts))   # original row of each live row
         self.done_B = torch.zeros(len(prompts), dtype=torch.bool)
-        self.n_total = len(prompts)
+        self.n_total = self.n_global or len(prompts)
+        if self.row_offset + len(prompts) > self.n_total:
+            raise ValueError(f"rows {self.row_offset}..{self.row_offset + len(prompts)} exceed n_global={self.n_total}")
         self.gen = torch.Generator().manual_seed(self.seed)
 
     @property
@@ -76,7 +81,7 @@ class HFSampler:
         for _ in range(n_tokens):
             if self.pending_B is not None:
                 self.logits_BV = self.kv.forward_new(self.pending_B[:, None])[:, 0]
-            noise_BV = torch.rand((self.n_total, V), generator=self.gen)[self.rows_B]
+            noise_BV = torch.rand((self.n_total, V), generator=self.gen)[self.rows_B + self.row_offset]
             tok_B = sample_tokens(self.logits_BV, self.temperature, self.top_p, noise_BV)
             tok_B = torch.where(self.done_B, torch.full_like(tok_B, self.pad_id), tok_B)
             logp_BV = torch.log_softmax(self.logits_BV, -1)

@@ -1,0 +1,139 @@
+"""The train stage as a real subprocess: kill-and-resume equality, SIGTERM checkpoint,
+non-finite guard, tokenizer mismatch, and the top-k loss path."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from pgopd.config import DataConfig, parse_dataclass
+from pgopd.data.prepare import prepare_data
+from pgopd.models.tokenizer import build_char_tokenizer
+
+PGOPD = [sys.executable, "-m", "pgopd.cli"]
+TIMING = {"t_rollout_s", "t_teacher_s", "t_update_s"}
+
+
+def _model(tok, layers, seed, path):
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=128,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    tok = build_char_tokenizer()
+    _model(tok, 2, 0, d / "teacher")
+    _model(tok, 1, 1, d / "student")
+    prepare_data(parse_dataclass(DataConfig, {"synthetic": {"n_train": 40}, "benchmarks": {
+        "easy": {"n": 4, "ops": 1}}}, "data"), d / "data")
+    (d / "cache").mkdir()
+    return d
+
+
+def cmd(d, out, method="opd", **params):
+    p = {"steps": 6, "prompts_per_step": 2, "n_samples": 2, "max_new_tokens": 12, "chunk_size": 4,
+         "lr": 0.01, "pgopd": {"prefix_len": 4, "probe_end": 4}, **params}
+    return [*PGOPD, "train", "--params", json.dumps(p), "--method", method, "--seed", "3",
+            "--teacher", str(d / "teacher"), "--student", str(d / "student"),
+            "--train-data", str(d / "data/train.jsonl"), "--teacher-cache", str(d / "cache"),
+            "--out-dir", str(out)]
+
+
+def env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29000 + os.getpid() % 500)}
+
+
+def metrics(out):
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING}
+            for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kill_and_resume_equals_uninterrupted(setup):
+    d = setup
+    ref = d / "ref"
+    r = subprocess.run(cmd(d, ref, method="pgopd", save_every=1), env=env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    out = d / "killed"
+    p = subprocess.Popen(cmd(d, out, method="pgopd", save_every=1), env=env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    partial = out / "metrics.jsonl.tmp"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if partial.exists() and len(partial.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0, "a SIGTERM-ed run must not look finished"
+    assert "checkpoint" in err and (out / "resume/run_state.pkl").exists()
+    assert not (out / "summary.json").exists() and not (out / "checkpoint").exists()
+    done_before = len(partial.read_text().splitlines())
+    assert 2 <= done_before < 6
+
+    r = subprocess.run(cmd(d, out, method="pgopd", save_every=1), env=env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from step {done_before}" in r.stderr
+    a, b = load_file(ref / "checkpoint/model.safetensors"), load_file(out / "checkpoint/model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert metrics(ref) == metrics(out)
+    assert (ref / "candidates.jsonl").read_text() == (out / "candidates.jsonl").read_text()
+    s_ref, s_out = (json.loads((x / "summary.json").read_text()) for x in (ref, out))
+    assert s_ref["gen_tokens"] == s_out["gen_tokens"] and s_ref["continue_rate"] == s_out["continue_rate"]
+    assert not (out / "resume").exists()
+
+
+def test_non_finite_steps_stop_with_checkpoint(setup, tmp_path):
+    d = setup
+    bad = tmp_path / "nan_teacher"
+    m = Qwen2ForCausalLM.from_pretrained(d / "teacher")
+    with torch.no_grad():
+        m.model.norm.weight.fill_(float("nan"))
+    m.save_pretrained(bad)
+    build_char_tokenizer().save_pretrained(bad)
+    c = cmd(d, tmp_path / "out", max_bad_steps=1)
+    c[c.index("--teacher") + 1] = str(bad)
+    r = subprocess.run(c, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "max_bad_steps" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "out/resume/run_state.pkl").exists()
+    lines = (tmp_path / "out/metrics.jsonl.tmp").read_text().splitlines()
+    assert [json.loads(x)["bad_steps"] for x in lines] == [1]  # step 0 counted, step 1 stopped the run
+
+
+def test_tokenizer_mismatch_stops_before_training(setup, tmp_path):
+    d = setup
+    other = tmp_path / "other"
+    tok = build_char_tokenizer(extra_chars="§¶")
+    _model(tok, 1, 2, other)
+    c = cmd(d, tmp_path / "out")
+    c[c.index("--student") + 1] = str(other)
+    r = subprocess.run(c, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert str(len(build_char_tokenizer())) in r.stderr and str(len(tok)) in r.stderr
+    assert not (tmp_path / "out/metrics.jsonl.tmp").exists()
+
+
+def test_topk_loss_trains(setup, tmp_path):
+    r = subprocess.run(cmd(setup, tmp_path / "o", steps=2, loss_top_k=4), env=env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ms = metrics(tmp_path / "o")
+    assert len(ms) == 2 and all(m["loss"] >= 0 for m in ms)  # a KL, not a PG surrogate
