@@ -108,7 +108,7 @@ class ToyModelConfig:
     d_model: int = opt(128, "hidden size", min=16)
     n_heads: int = opt(4, "attention heads (head size d_model/n_heads; vLLM needs >= 32)", min=1)
     d_ff: int = opt(0, "MLP size (0 = 4 * d_model)", min=0)
-    train_steps: int = opt(1200, "supervised steps on worked solutions", min=0)
+    train_steps: int = opt(900, "supervised steps on worked solutions", min=0)
     batch_size: int = opt(64, "sequences per step", min=1)
     lr: float = opt(3e-3, "peak learning rate (one-cycle)", min=0.0)
     seed: int = opt(0, "init and data-order seed", min=0)
@@ -138,6 +138,7 @@ class TeacherCacheConfig:
     logprobs_k: int = opt(8, "top-k log-probs kept per token", min=1)
     batch_size: int = opt(256, "prompts per generation batch", min=1)
     seed: int = opt(0, "sampling seed", min=0)
+    backend: str = opt("hf", "generation backend", choices=("hf", "vllm"))
 
 
 # ----------------------------------------------------------------------------- methods
@@ -179,6 +180,19 @@ class ControlsConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """vLLM engine options (backend: vllm)."""
+    mode: str = opt("separate", "separate: the engine keeps its own memory; colocate: it sleeps "
+                    "during the update on the training GPUs", choices=("separate", "colocate"))
+    dtype: str = opt("auto", "engine dtype (auto = the checkpoint's; float32 matches hf on CPU)")
+    block_size: Optional[int] = opt(None, "KV block size = prefix-cache granularity (CPU: multiple of 32)",
+                                    min=1)
+    gpu_memory_utilization: Optional[float] = opt(None, "fraction of GPU memory for the engine",
+                                                  min=0.0, max=1.0)
+    tensor_parallel_size: int = opt(1, "GPUs per engine", min=1)
+
+
+@dataclass
 class TrainConfig:
     methods: list = opt(["opd", "pgopd", "pruneopd"], "methods trained for every pair and seed",
                         choices=METHODS)
@@ -204,6 +218,7 @@ class TrainConfig:
     save_every: int = opt(0, "checkpoint every N steps (0 = only at the end)", min=0)
     max_bad_steps: int = opt(5, "non-finite steps tolerated before the run stops", min=0)
     backend: str = opt("hf", "rollout backend", choices=("hf", "vllm"))
+    vllm: VLLMConfig = sub(VLLMConfig, "vLLM engine (backend: vllm)")
     pgopd: PGOPDConfig = sub(PGOPDConfig, "PG-OPD knobs")
     pruneopd: PruneOPDConfig = sub(PruneOPDConfig, "Prune-OPD knobs")
     controls: ControlsConfig = sub(ControlsConfig, "matched controls")
@@ -218,6 +233,7 @@ class EvalConfig:
     batch_size: int = opt(256, "sequences per generation batch", min=1)
     grade_timeout_s: float = opt(5.0, "math-verify time limit per answer (s)", min=0.1)
     seed: int = opt(1234, "sampling seed", min=0)
+    backend: str = opt("hf", "generation backend", choices=("hf", "vllm"))
 
 
 @dataclass

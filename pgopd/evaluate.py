@@ -39,7 +39,7 @@ def evaluate(cfg: EvalConfig, model_ref: str, bench_jsonls: list[Path], out_dir:
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     tok = load_tokenizer(model_ref)
-    model = load_model(model_ref)
+    model = load_model(model_ref) if cfg.backend == "hf" else None
     return {Path(b).stem: evaluate_one(cfg, model, tok, str(model_ref), Path(b), Path(out_dir) / Path(b).stem)
             for b in bench_jsonls}
 
@@ -49,15 +49,15 @@ def evaluate_one(cfg: EvalConfig, model, tok, model_name: str, bench_jsonl: Path
     from .data.loaders import read_jsonl, write_jsonl
     from .grading import grade_many
     from .models.loading import encode_prompts, response_text
-    from .rollout.hf import generate
+    from .rollout import generate_with
 
     t0 = time.perf_counter()
     records = read_jsonl(bench_jsonl)
     prompts = encode_prompts(tok, [r["prompt"] for r in records])
-    samples = generate(model, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, n=cfg.k,
-                       temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                       seed=cfg.seed, batch_size=cfg.batch_size, progress=True,
-                       desc=f"eval {bench_jsonl.stem}")
+    samples = generate_with(cfg.backend, model_name, model, prompts, eos_id=tok.eos_token_id,
+                            pad_id=tok.pad_token_id, n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size,
+                            desc=f"eval {bench_jsonl.stem}")
     texts = [response_text(tok, s["tokens"]) for s in samples]
     golds = [records[s["prompt_idx"]]["answer"] for s in samples]
     correct = grade_many(texts, golds, timeout_s=cfg.grade_timeout_s)

@@ -28,7 +28,7 @@ def cache_teacher(cfg: TeacherCacheConfig, teacher: str, students: list[str], tr
     from .grading import grade_many
     from .models.loading import (check_tokenizers_compatible, encode_prompts, load_model,
                                  load_tokenizer, response_text)
-    from .rollout.hf import generate
+    from .rollout import generate_with
 
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -38,12 +38,12 @@ def cache_teacher(cfg: TeacherCacheConfig, teacher: str, students: list[str], tr
     for s in students:
         check_tokenizers_compatible(tok, load_tokenizer(s), teacher, s)
     records = read_jsonl(train_jsonl)
-    model = load_model(teacher)
+    model = load_model(teacher) if cfg.backend == "hf" else None
     prompts = encode_prompts(tok, [r["prompt"] for r in records])
-    samples = generate(model, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, n=cfg.n_samples,
-                       temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                       seed=cfg.seed, batch_size=cfg.batch_size, logprobs_k=cfg.logprobs_k,
-                       progress=True, desc="teacher samples")
+    samples = generate_with(cfg.backend, teacher, model, prompts, eos_id=tok.eos_token_id,
+                            pad_id=tok.pad_token_id, n=cfg.n_samples, temperature=cfg.temperature,
+                            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                            batch_size=cfg.batch_size, logprobs_k=cfg.logprobs_k, desc="teacher samples")
     texts = [response_text(tok, s["tokens"]) for s in samples]
     correct = grade_many(texts, [records[s["prompt_idx"]]["answer"] for s in samples])
     rows, topk = [], []

@@ -373,6 +373,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
 
     tb = SummaryWriter(str(out_dir / "tb")) if dist.rank == 0 else None
     scorer = TeacherScorer(teacher_model, pad_id, topk=cfg.overlap_k)
+    vllm_engine = _vllm_engine(cfg, student, engine, seed) if cfg.backend == "vllm" else None
     per_rank = cfg.prompts_per_step // dist.world
     n_rows = cfg.prompts_per_step * cfg.n_samples
     bar = tqdm(range(state.step, cfg.steps), desc=f"train {method}", unit="step", disable=dist.rank != 0)
@@ -380,13 +381,25 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
         idx_all = prompts.next(cfg.prompts_per_step)
         idx = idx_all[dist.rank * per_rank:(dist.rank + 1) * per_rank]
         engine.module.eval()
-        sampler = HFSampler(engine.module, eos_id, pad_id, cfg.temperature, cfg.top_p,
-                            topk=max(cfg.overlap_k, cfg.loss_top_k), seed=seed * 1_000_003 + step,
-                            row_offset=dist.rank * per_rank * cfg.n_samples, n_global=n_rows)
+        topk = max(cfg.overlap_k, cfg.loss_top_k)
+        if vllm_engine is not None:
+            from .rollout.vllm_backend import VLLMSampler
+
+            # each rank's engine serves its own rows; seeds are per (row, offset) there
+            sampler = VLLMSampler(vllm_engine, eos_id, pad_id, cfg.temperature, cfg.top_p, topk=topk,
+                                  seed=seed * 1_000_003 + step * 1009 + dist.rank)
+        else:
+            sampler = HFSampler(engine.module, eos_id, pad_id, cfg.temperature, cfg.top_p, topk=topk,
+                                seed=seed * 1_000_003 + step,
+                                row_offset=dist.rank * per_rank * cfg.n_samples, n_global=n_rows)
         res = rollout(sampler, scorer, policy, [prompt_ids[i] for i in idx], n_samples=cfg.n_samples,
                       max_new_tokens=cfg.max_new_tokens, chunk_size=cfg.chunk_size,
                       overlap_k=cfg.overlap_k, loss_top_k=cfg.loss_top_k)
+        if vllm_engine is not None:
+            vllm_engine.sleep()  # colocated: free the GPUs for the update (no-op otherwise)
         m = _update(engine, res, cfg, pad_id, dist, state, step, out_dir)
+        if vllm_engine is not None:  # the next rollout samples from the updated student
+            vllm_engine.update_weights(_full_named_params(engine, cfg.zero_stage))
         decided = [c for c in res.cands if c.info.get("decision_step") is not None]  # live at the probe
         g = dist.sum(res.tokens_generated, res.tokens_teacher_scored, res.tokens_trained, len(res.cands),
                      len(decided), sum(bool(c.info["continued"]) for c in decided),
@@ -430,6 +443,30 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
     if tb:
         tb.close()
     return _finish(engine, tok_s, cfg, state, out_dir, dist, t_start, method, seed, teacher, student)
+
+
+def _vllm_engine(cfg: TrainConfig, student: str, engine, seed: int):
+    """The rollout engine of backend ``vllm`` (one per rank), loaded with the current weights."""
+    from .rollout.vllm_backend import VLLMEngine
+
+    v = cfg.vllm
+    kw = {k: val for k, val in (("block_size", v.block_size),
+                                ("gpu_memory_utilization", v.gpu_memory_utilization)) if val is not None}
+    eng = VLLMEngine(student, mode=v.mode, dtype=v.dtype, seed=seed, tensor_parallel_size=v.tensor_parallel_size,
+                     max_logprobs=max(cfg.overlap_k, cfg.loss_top_k, 20), **kw)
+    eng.update_weights(_full_named_params(engine, cfg.zero_stage))  # e.g. after a resume
+    return eng
+
+
+def _full_named_params(engine, zero_stage: int):
+    """HF-named full tensors of the student (ZeRO-3 shards are gathered first)."""
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            return [(n, p.detach().clone()) for n, p in module.named_parameters()]
+    return [(n, p.detach()) for n, p in module.named_parameters()]
 
 
 def _update(engine, res: RolloutResult, cfg: TrainConfig, pad_id: int, dist: "_Dist", state: RunState,

@@ -5,17 +5,13 @@ Run in the vLLM venv (``scripts/setup_vllm_venv.sh``):
 Tests that need vLLM skip without it; the weight-transport / colocation tests use stand-ins
 and also run in the main venv.  One engine serves the whole module (start-up ~20-80 s).
 """
+import copy
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from pgopd.rollout.vllm_backend import (PGOPDWorkerExtension, VLLMEngine, decode_tensors,  # noqa: E402
-                                        encode_tensors)
+from pgopd.rollout.vllm_backend import PGOPDWorkerExtension, VLLMEngine, decode_tensors, encode_tensors
 
 pytestmark = pytest.mark.vllm
 
@@ -149,9 +145,21 @@ def _make_eos_likely(model, eos, prompts):
 PROMPT_CHARS = ["12+7", "5+3-2", "40-18", "9+9+9", "77-4", "3", "25+25-1", "8-6+50"]
 
 
+ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+              "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}  # spawned engine core: no fork of pytest
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     pytest.importorskip("vllm")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in ENGINE_ENV.items():
+            if k not in os.environ:
+                mp.setenv(k, v)
+        yield from _setup(tmp_path_factory)
+
+
+def _setup(tmp_path_factory):
     tok = _tokenizer()
     enc = lambda s: tok("<|user|>" + s + "<|assistant|>")["input_ids"]  # noqa: E731
     prompts = [enc(s) for s in PROMPT_CHARS]
@@ -166,9 +174,11 @@ def setup(tmp_path_factory):
         tok.save_pretrained(root / name)
     engine = VLLMEngine(str(root / "m0"), dtype="float32", seed=0, max_model_len=MAX_LEN,
                         block_size=BLOCK, enforce_eager=True, kv_cache_gib=1)
-    yield {"tok": tok, "prompts": prompts, "m0": m0, "m1": m1, "root": root, "engine": engine,
-           "eos": tok.eos_token_id, "pad": tok.pad_token_id}
-    engine.shutdown()
+    try:
+        yield {"tok": tok, "prompts": prompts, "m0": m0, "m1": m1, "root": root, "engine": engine,
+               "eos": tok.eos_token_id, "pad": tok.pad_token_id}
+    finally:
+        engine.shutdown()
 
 
 def _drive(sampler, prompts, max_new, chunk):
@@ -272,6 +282,13 @@ def test_update_weights_in_place(setup):
         _assert_same(after, want)                 # would fail on stale KV or stale CPU kernels
         with pytest.raises(ValueError, match="unknown"):
             eng.update_weights({"module." + k: v for k, v in s["m1"].state_dict().items()})
+        # a bf16 trainer (DeepSpeed bf16): tensors are cast to the engine's dtype on load
+        m1r = copy.deepcopy(s["m1"])
+        for p in m1r.parameters():
+            p.data = p.data.bfloat16().float()
+        eng.update_weights({k: v.bfloat16() for k, v in s["m1"].state_dict().items()})
+        assert {d for _, d in eng.llm.collective_rpc("pgopd_param_summary")[0].values()} == {"torch.float32"}
+        _assert_same(_vllm_greedy(s, s["prompts"]), _hf_greedy(m1r, s, s["prompts"]))
     finally:
         eng.update_weights(s["m0"])               # nn.Module form; restores the fixture's model
     _assert_same(_vllm_greedy(s, s["prompts"]), before)

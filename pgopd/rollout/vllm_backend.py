@@ -52,6 +52,21 @@ with the old weights must not be reused.
   KV cache freed) and :meth:`update_weights` after it, which wakes the weights, loads the new
   ones, then wakes the KV cache.  Sleep mode only exists on CUDA / ROCm / XPU; on CPU the
   engine logs this once and ``sleep`` / ``wake_up`` do nothing.
+
+Use in a training loop (one engine for the whole run)::
+
+    engine = VLLMEngine(student_dir, dtype="auto", seed=seed, mode="separate")
+    for step in range(steps):
+        engine.update_weights(student_module)    # HF names; ZeRO-3: gather the params first
+        sampler = make_vllm_sampler(engine, eos_id=eos, pad_id=pad, temperature=T, top_p=p,
+                                    topk=max(overlap_k, loss_top_k), seed=step_seed)
+        res = rollout(sampler, scorer, policy, prompts, ...)
+        engine.sleep()                            # colocate: free the GPU for the update
+        ...optimizer step...
+    engine.shutdown()
+
+The engine core is a separate (spawned) process: scripts that build an engine need an
+``if __name__ == "__main__":`` guard.
 """
 from __future__ import annotations
 
@@ -189,6 +204,8 @@ class VLLMEngine:
     the checkpoint's; use ``"float32"`` to match the ``hf`` backend bit for bit on CPU.
     ``max_logprobs`` bounds the top-k a sampler may ask for.  ``kv_cache_gib`` sets the KV
     cache size (``kv_cache_memory_bytes``; on CPU ``VLLM_CPU_KVCACHE_SPACE`` also works).
+    ``block_size``: the prefix-cache granularity (CPU default 128, multiples of 32 only); with
+    short prompts and chunks (the toy task) use 32 so continuations actually hit the cache.
     ``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``tensor_parallel_size``).
     """
 
@@ -279,7 +296,7 @@ class VLLMEngine:
         if any(c != len(named) for c in counts):
             raise RuntimeError(f"update_weights: workers loaded {counts} tensors, expected {len(named)}")
         # cached KV blocks were computed with the old weights
-        if False and self.llm.reset_prefix_cache() is False:
+        if self.llm.reset_prefix_cache() is False:
             raise RuntimeError("update_weights: the prefix cache could not be reset")
         self.weight_version += 1
         return len(named)
