@@ -23,7 +23,7 @@ def _params(cls, prefix):
             text = Path(text[1:]).read_text()
         try:
             raw = json.loads(text) if text.strip() else {}
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, or ints past Python's digit limit
             raise argparse.ArgumentTypeError(f"--params is not valid JSON: {e}")
         return C.parse_dataclass(cls, raw, prefix)
     return parse

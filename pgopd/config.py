@@ -59,25 +59,32 @@ class SyntheticConfig:
 
 @dataclass
 class BenchmarkConfig:
-    """One evaluation set: synthetic (``ops`` operations) or a real file."""
-    source: str = opt("synthetic", "where the problems come from", choices=("synthetic", "file"))
+    """One evaluation set: synthetic (``ops`` operations), a real file, or a Hugging Face dataset."""
+    source: str = opt("synthetic", "where the problems come from", choices=("synthetic", "file", "hf"))
     ops: int = opt(1, "synthetic only: operations per problem (difficulty)", min=1, max=8)
-    n: int = opt(50, "number of problems (synthetic: generated; file: first n, 0 = all)", min=0)
+    n: int = opt(50, "number of problems (synthetic: generated; file/hf: first n, 0 = all)", min=0)
     seed: int = opt(1, "synthetic only: seed, kept apart from the training seed", min=0)
     path: str = opt("", "file only: parquet or jsonl path")
-    prompt_field: str = opt("", "file only: prompt column ('' = auto: verl 'prompt' or 'problem')")
-    answer_field: str = opt("", "file only: answer column ('' = auto: verl "
+    hf_name: str = opt("", "hf only: dataset name on the Hugging Face Hub (needs the `datasets` package)")
+    hf_split: str = opt("test", "hf only: split")
+    hf_config: str = opt("", "hf only: dataset configuration ('' = the default one)")
+    prompt_field: str = opt("", "file/hf: prompt column ('' = auto: verl 'prompt' or 'problem')")
+    answer_field: str = opt("", "file/hf: answer column ('' = auto: verl "
                             "'reward_model.ground_truth' or 'answer')")
-    id_field: str = opt("", "file only: id column ('' = row number)")
+    id_field: str = opt("", "file/hf: id column ('' = row number)")
 
 
 @dataclass
 class TrainDataConfig:
-    source: str = opt("synthetic", "training prompts: synthetic task or a file", choices=("synthetic", "file"))
+    source: str = opt("synthetic", "training prompts: synthetic task, a file or a Hugging Face dataset",
+                      choices=("synthetic", "file", "hf"))
     path: str = opt("", "file only: parquet or jsonl path")
-    prompt_field: str = opt("", "file only: prompt column ('' = auto)")
-    answer_field: str = opt("", "file only: answer column ('' = auto)")
-    id_field: str = opt("", "file only: id column ('' = row number)")
+    hf_name: str = opt("", "hf only: dataset name on the Hugging Face Hub (needs the `datasets` package)")
+    hf_split: str = opt("train", "hf only: split")
+    hf_config: str = opt("", "hf only: dataset configuration ('' = the default one)")
+    prompt_field: str = opt("", "file/hf: prompt column ('' = auto)")
+    answer_field: str = opt("", "file/hf: answer column ('' = auto)")
+    id_field: str = opt("", "file/hf: id column ('' = row number)")
     limit: int = opt(0, "keep the first `limit` rows (0 = all)", min=0)
 
 
@@ -239,11 +246,16 @@ class EvalConfig:
 @dataclass
 class RuleResources:
     """What one job of a rule asks the scheduler for (slurm reads these; local runs use cpus)."""
-    gpu: int = opt(0, "GPUs per job (slurm: --gpus)", min=0)
-    cpus_per_task: int = opt(1, "CPU cores per job (also torch threads)", min=1)
-    mem_mb: int = opt(4000, "memory per job in MB", min=100)
+    gpu: int = opt(0, "GPUs per node of a job (slurm: --gpus, or --gres=gpu:N per node when nodes > 1); "
+                   "train: one process per GPU", min=0)
+    cpus_per_task: int = opt(1, "CPU cores per node of a job (also torch threads, split over its processes)",
+                             min=1)
+    mem_mb: int = opt(4000, "memory per node of a job in MB", min=100)
     runtime: int = opt(60, "wall-time limit per job in minutes", min=1)
-    nodes: int = opt(1, "nodes per job (multi-node training)", min=1)
+    nodes: int = opt(1, "nodes per job (train only: multi-node training through torchrun)", min=1)
+    launcher: str = opt("auto", "train only: how the training processes start. auto: torchrun when "
+                        "gpu > 1 or nodes > 1, else one process; deepspeed: the deepspeed launcher "
+                        "(one node); none: always one process", choices=("auto", "torchrun", "deepspeed", "none"))
 
 
 @dataclass
@@ -272,6 +284,14 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- parsing
+def _r(value) -> str:
+    """``repr`` for error messages; an int past Python's int->str digit limit cannot be shown."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"<{type(value).__name__} too large to show>"
+
+
 def _type_name(tp) -> str:
     return {int: "integer", float: "number", bool: "boolean", str: "string", list: "list",
             dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
@@ -280,27 +300,30 @@ def _type_name(tp) -> str:
 def _check_scalar(key: str, value, tp, meta):
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+            raise ConfigError(f"{key}: expected a boolean (true/false), got {_r(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_r(value)}")
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        value = float(value)
+            raise ConfigError(f"{key}: expected a number, got {_r(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond the float range
+            raise ConfigError(f"{key}: expected a finite number, got {_r(value)}") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {_r(value)}")
     elif tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_r(value)}")
     lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(str, choices))}")
+        raise ConfigError(f"{key}: {_r(value)} is not allowed; allowed values: {', '.join(map(str, choices))}")
     if lo is not None and value < lo:
-        raise ConfigError(f"{key}: {value!r} is below the minimum {lo}")
+        raise ConfigError(f"{key}: {_r(value)} is below the minimum {lo}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{key}: {value!r} is above the maximum {hi}")
+        raise ConfigError(f"{key}: {_r(value)} is above the maximum {hi}")
     return value
 
 
@@ -319,7 +342,7 @@ def _parse_value(key: str, value, tp, meta, item_type=None):
         return parse_dataclass(tp, value, key)
     if tp is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_r(value)}")
         if not value:
             raise ConfigError(f"{key}: must not be empty")
         out = []
@@ -329,17 +352,17 @@ def _parse_value(key: str, value, tp, meta, item_type=None):
             else:
                 out.append(_check_scalar(f"{key}[{i}]", v, int, meta))
         if len(set(out)) != len(out):
-            raise ConfigError(f"{key}: duplicate entries in {value!r}")
+            raise ConfigError(f"{key}: duplicate entries in {_r(value)}")
         return out
     if tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_r(value)}")
         if not value:
             raise ConfigError(f"{key}: must not be empty")
         out = {}
         for name, v in value.items():
             if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-                raise ConfigError(f"{key}: name {name!r} must be letters, digits, '-' or '_'")
+                raise ConfigError(f"{key}: name {_r(name)} must be letters, digits, '-' or '_'")
             out[name] = parse_dataclass(item_type, v, f"{key}.{name}") if item_type else v
         return out
     if value is None:
@@ -353,12 +376,14 @@ def parse_dataclass(cls, raw, prefix: str = ""):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {_r(raw)}")
     types = _field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)  # YAML keys may be ints, null, ...
     if unknown:
-        k = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        u = unknown[0]
+        u = u if isinstance(u, str) and u and u == u.strip() else _r(u)  # '' or ' x' must show
+        k = f"{prefix}.{u}" if prefix else u
         raise ConfigError(f"{k}: unknown key; allowed keys under {where}: {', '.join(fields)}")
     item_types = getattr(cls, "_item_types", {})
     kwargs = {}
@@ -386,6 +411,14 @@ def _cross_checks(obj, prefix):
         err("path", "a benchmark with source: file needs a path")
     if isinstance(obj, TrainDataConfig) and obj.source == "file" and not obj.path:
         err("path", "source: file needs a path")
+    if isinstance(obj, (BenchmarkConfig, TrainDataConfig)) and obj.source == "hf" and not obj.hf_name:
+        err("hf_name", "source: hf needs hf_name (a dataset name on the Hugging Face Hub)")
+    if isinstance(obj, RuleResources):
+        if obj.launcher == "deepspeed" and obj.nodes > 1:
+            err("launcher", "the deepspeed launcher needs a hostfile and ssh across nodes; with "
+                "nodes > 1 use launcher: torchrun (or auto)")
+        if obj.launcher == "none" and obj.nodes > 1:
+            err("launcher", f"none starts one process, which cannot use nodes: {obj.nodes}")
     if isinstance(obj, ToyModelConfig) and obj.d_model % obj.n_heads:
         err("n_heads", f"d_model ({obj.d_model}) must be divisible by n_heads ({obj.n_heads})")
     if isinstance(obj, PGOPDConfig):

@@ -1,4 +1,5 @@
-"""Load prompt sets (parquet or jsonl) as ``{"id", "prompt", "answer"}`` records.
+"""Load prompt sets (parquet or jsonl files, or Hugging Face datasets by name) as
+``{"id", "prompt", "answer"}`` records.
 
 Sources differ: verl parquet files hold ``prompt`` as a chat message list and the answer
 in ``reward_model.ground_truth``; other public copies (MathArena's HMMT, plain jsonl) use
@@ -9,11 +10,15 @@ A malformed row (empty prompt, missing / empty / unparseable answer, duplicate i
 invalid JSON line) either stops the load with the file, row id and field named
 (``on_bad_row="error"``) or is dropped and counted by reason (``"skip"``).  Values are
 never altered beyond turning a numeric answer into a string.
+
+A Hugging Face dataset (``source: hf``, the ``datasets`` package imported only then) goes
+through the same detection and checks as a file (:func:`records_from_dataset`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -135,16 +140,25 @@ def _iter_parquet(path: Path, columns: list[str]) -> Iterator[tuple[int, dict | 
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str]]:
-    """(row number, row or None, error text) for every non-blank line."""
-    with open(path, encoding="utf-8") as fh:
+    """(row number, row or None, error text) for every non-blank line.
+
+    Bytes that are not UTF-8 make only their line bad (``surrogateescape`` keeps reading);
+    a leading byte-order mark is dropped.
+    """
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as fh:
         i = 0
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
+                line.encode("utf-8")
                 row = json.loads(line)
                 err = "" if isinstance(row, dict) else f"line {lineno} is not a JSON object"
-            except json.JSONDecodeError as e:
+                if not err:  # a "\ud800" escape decodes to a lone surrogate that cannot be written back
+                    json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                row, err = None, f"line {lineno} is not valid UTF-8 (or holds an unpaired \\uD800-\\uDFFF escape)"
+            except (ValueError, RecursionError) as e:  # bad JSON, ints past the digit limit, deep nesting
                 row, err = None, f"line {lineno} is not valid JSON: {e}"
             yield i, (row if not err else None), err
             i += 1
@@ -194,7 +208,13 @@ def _resolve_fields(path: Path, prompt_field: str, answer_field: str, id_field: 
         first = _jsonl_first_row(path)
         available = _flat_keys(first)
         prompt_is_messages = isinstance(first.get("prompt"), list)
+    return _pick_fields(path, available, prompt_is_messages, prompt_field, answer_field, id_field)
 
+
+def _pick_fields(path, available: list[str], prompt_is_messages: bool, prompt_field: str,
+                 answer_field: str, id_field: str):
+    """Explicit field names checked against ``available`` (dotted nested names), empty ones
+    detected; ``path`` only names the source in errors."""
     def pick(kind: str, explicit: str, auto: tuple[str, ...]) -> str:
         if explicit:
             if explicit not in available:
@@ -237,8 +257,10 @@ def _answer_text(value) -> str | None:
         return value
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):  # NaN (a pandas missing value) or inf is no answer
+        return str(value) if math.isfinite(value) else None
     return None
 
 
@@ -272,8 +294,9 @@ def _check_row(i: int, row: dict | None, err: str, fields: tuple[str, str, str],
         return {"id": row_id, "bad": ("missing_answer", answer_f, "answer is missing or empty")}
     answer = _answer_text(raw_answer)
     if answer is None:
-        return {"id": row_id, "bad": ("unparseable_answer", answer_f, f"answer is a "
-                                      f"{type(raw_answer).__name__}, expected a string or number")}
+        what = repr(raw_answer) if isinstance(raw_answer, float) else f"a {type(raw_answer).__name__}"
+        return {"id": row_id, "bad": ("unparseable_answer", answer_f, f"answer is {what}, "
+                                      f"expected a string or finite number")}
     return {"id": row_id, "prompt": prompt, "answer": answer}
 
 
@@ -335,6 +358,27 @@ class _Collector:
                 "suffix_added": self.suffix_added}
 
 
+def _collect(where, rows: Iterable[tuple[int, dict | None, str]], fields: tuple[str, str, str], *,
+             limit: int, on_bad_row: str, prompt_suffix: str, source_name: str,
+             parse_timeout_s: float) -> tuple[list[dict], dict]:
+    """The shared normalisation: rows -> checked ``{id, prompt, answer}`` records and stats."""
+    prompt_f, answer_f, id_f = fields
+    col = _Collector(where, on_bad_row, limit, prompt_suffix, answer_f, id_f, parse_timeout_s)
+    batch: list[dict] = []
+    for i, row, err in rows:
+        batch.append(_check_row(i, row, err, fields, source_name))
+        if len(batch) >= col.room():
+            col.add_batch(batch)
+            batch = []
+            if col.room() <= 0:
+                break
+    if batch:
+        col.add_batch(batch)
+    stats = col.stats()
+    stats["fields"] = {"prompt": prompt_f, "answer": answer_f, "id": id_f or None}
+    return col.records, stats
+
+
 def load_records(path: str | Path, *, prompt_field: str = "", answer_field: str = "",
                  id_field: str = "", limit: int = 0, on_bad_row: str = "error",
                  prompt_suffix: str = "", source_name: str = "",
@@ -352,18 +396,92 @@ def load_records(path: str | Path, *, prompt_field: str = "", answer_field: str 
     _check_path(path)
     source_name = source_name or path.stem
     prompt_f, answer_f, id_f, columns = _resolve_fields(path, prompt_field, answer_field, id_field)
-    col = _Collector(path, on_bad_row, limit, prompt_suffix, answer_f, id_f, parse_timeout_s)
     rows = _iter_parquet(path, columns) if path.suffix == ".parquet" else _iter_jsonl(path)
-    batch: list[dict] = []
-    for i, row, err in rows:
-        batch.append(_check_row(i, row, err, (prompt_f, answer_f, id_f), source_name))
-        if len(batch) >= col.room():
-            col.add_batch(batch)
-            batch = []
-            if col.room() <= 0:
-                break
-    if batch:
-        col.add_batch(batch)
-    stats = col.stats()
-    stats.update(path=str(path), fields={"prompt": prompt_f, "answer": answer_f, "id": id_f or None})
-    return col.records, stats
+    records, stats = _collect(path, rows, (prompt_f, answer_f, id_f), limit=limit, on_bad_row=on_bad_row,
+                              prompt_suffix=prompt_suffix, source_name=source_name,
+                              parse_timeout_s=parse_timeout_s)
+    stats["path"] = str(path)
+    return records, stats
+
+
+# ----------------------------------------------------------------------------- Hugging Face datasets
+class HFUnavailable(ValueError):
+    """A ``source: hf`` set cannot be loaded (no ``datasets`` package, offline, unknown name)."""
+
+
+def _hf_where(name: str, config: str, split: str) -> str:
+    return f"hf:{name}" + (f" ({config})" if config else "") + f" [{split}]"
+
+
+def hf_dataset(name: str, *, split: str, config: str = "", key: str = "data"):
+    """``datasets.load_dataset(name, config, split=split)``; a missing package, no network or an
+    unknown name becomes :class:`HFUnavailable` telling how to use local files instead."""
+    local = (f"download the data where there is network and point {key} at the files instead "
+             f"(source: file, path: <parquet or jsonl>)")
+    try:
+        import datasets
+    except ImportError:
+        raise HFUnavailable(f"{key}: source: hf needs the `datasets` package (pip install 'pgopd[hf]'), "
+                            f"or {local}") from None
+    try:
+        return datasets.load_dataset(name, config or None, split=split)
+    except Exception as e:  # network, offline mode, unknown dataset / split / config
+        text = str(e).strip()
+        msg = text.splitlines()[0] if text else ""
+        raise HFUnavailable(f"{key}: cannot load the Hugging Face dataset {name!r} (config "
+                            f"{config or 'default'}, split {split!r}): {type(e).__name__}: {msg}; "
+                            f"offline or no access? Then {local}") from None
+
+
+def _first_row(dataset) -> dict:
+    try:
+        if len(dataset) == 0:
+            return {}
+        return dict(dataset[0])
+    except TypeError:  # not indexable (an iterable dataset)
+        for row in dataset:
+            return dict(row)
+        return {}
+
+
+def records_from_dataset(dataset, *, prompt_field: str = "", answer_field: str = "", id_field: str = "",
+                         limit: int = 0, on_bad_row: str = "error", prompt_suffix: str = "",
+                         source_name: str = "", where: str = "dataset",
+                         parse_timeout_s: float = 5.0) -> tuple[list[dict], dict]:
+    """``{id, prompt, answer}`` records from an in-memory dataset, through the same field
+    detection, checks, limit and suffix as files.
+
+    ``dataset``: a ``datasets.Dataset`` or anything that iterates over row mappings (a list
+    of dicts); nested columns are dicts (``reward_model.ground_truth``), a chat prompt a list of
+    ``{role, content}``.  Columns are read from the first row.  ``where`` names the source in
+    errors and stats.
+    """
+    first = _first_row(dataset)
+    available = _flat_keys(first)
+    prompt_is_messages = isinstance(first.get("prompt"), (list, tuple))
+    prompt_f, answer_f, id_f, _ = _pick_fields(where, available, prompt_is_messages, prompt_field,
+                                                answer_field, id_field)
+    def rows():
+        for i, row in enumerate(dataset):
+            if hasattr(row, "keys"):
+                yield i, dict(row), ""
+            else:
+                yield i, None, f"row {i} is not a mapping"
+
+    records, stats = _collect(where, rows(), (prompt_f, answer_f, id_f), limit=limit, on_bad_row=on_bad_row,
+                              prompt_suffix=prompt_suffix, source_name=source_name or "hf",
+                              parse_timeout_s=parse_timeout_s)
+    stats["path"] = where
+    return records, stats
+
+
+def load_hf_records(name: str, *, split: str, config: str = "", key: str = "data", **kw
+                    ) -> tuple[list[dict], dict]:
+    """A Hugging Face dataset by name as ``{id, prompt, answer}`` records (see
+    :func:`records_from_dataset` for the keyword arguments); ``key`` names the config entry
+    in errors."""
+    where = _hf_where(name, config, split)
+    dataset = hf_dataset(name, split=split, config=config, key=key)
+    records, stats = records_from_dataset(dataset, where=where, **kw)
+    stats.update(hf_name=name, hf_split=split, hf_config=config)
+    return records, stats
