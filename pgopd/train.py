@@ -334,7 +334,11 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
         log.info("teacher-aligned selection: %d prompts kept", len(records))
     ref = json.loads(Path(reference).read_text()) if reference else None
 
-    teacher_model = load_model(teacher)
+    # the teacher runs inference next to the student: on this rank's accelerator, in bf16
+    # when training is (CPU here); the student is placed by DeepSpeed
+    device = (torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available()
+              else torch.device("cpu"))
+    teacher_model = load_model(teacher, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
     student_model = load_model(student)
     if cfg.gradient_checkpointing:
         student_model.gradient_checkpointing_enable()
@@ -342,6 +346,11 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
                                            model_parameters=[p for p in student_model.parameters()
                                                              if p.requires_grad])
     dist = _Dist()
+    if cfg.zero_stage == 3 and dist.world > 1 and cfg.backend == "hf":
+        # ZeRO-3 gathers parameters with a collective in every forward; ranks that generate
+        # different numbers of tokens would deadlock in the hf sampler
+        raise ValueError("train.zero_stage: 3 with several processes needs train.backend: vllm "
+                         "(the hf sampler's per-token forwards differ across ranks); use zero_stage <= 2")
     if cfg.prompts_per_step % dist.world:
         raise ValueError(f"train.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the "
                          f"number of training processes ({dist.world})")

@@ -235,7 +235,9 @@ def eval_params(cfg: Config) -> dict:
 
 def rule_resources(cfg: Config, rule: str) -> dict:
     """Scheduler resources of one job of ``rule`` (gpu, cpus_per_task, mem_mb, runtime, nodes)."""
-    return C.to_dict(getattr(cfg.resources, rule))
+    out = C.to_dict(getattr(cfg.resources, rule))
+    out.pop("launcher", None)  # how train starts its processes, not a scheduler resource
+    return out
 
 
 # ----------------------------------------------------------------------------- targets
@@ -337,4 +339,94 @@ def report_hparams(cfg: Config) -> dict:
     (so a change of resources reruns nothing, any other change reruns the report)."""
     out = C.to_dict(cfg)
     out.pop("resources", None)
+    return out
+
+
+# ----------------------------------------------------------------------------- multi-process training
+#: torchrun's ``-m`` target when pgopd runs as ``python -m pgopd.cli``.
+_MODULE = " -m pgopd.cli"
+
+
+def train_launcher(cfg: Config) -> str:
+    """How the train jobs start: ``none`` (one process), ``torchrun`` or ``deepspeed``.
+
+    ``auto`` is torchrun as soon as there is more than one GPU per node or more than one node
+    (one process per GPU), else one process -- the local CPU default.
+    """
+    r = cfg.resources.train
+    if r.launcher != "auto":
+        return r.launcher
+    return "torchrun" if r.gpu > 1 or r.nodes > 1 else "none"
+
+
+def train_procs_per_node(cfg: Config) -> int:
+    """Training processes per node: one per GPU under a launcher (at least one)."""
+    r = cfg.resources.train
+    return max(r.gpu, 1) if train_launcher(cfg) != "none" else 1
+
+
+def _launch_parts(root: Optional[str]) -> tuple[str, str]:
+    """(python that runs the launcher module, what the launcher starts per rank)."""
+    pgopd = pgopd_command(root)
+    if pgopd.endswith(_MODULE):  # `[PYTHONPATH=...] python -m pgopd.cli`: launch the module
+        return pgopd[:-len(_MODULE)], "module"
+    return shlex.quote(sys.executable), pgopd
+
+
+def train_command(cfg: Config, root: Optional[str] = None) -> str:
+    """Shell prefix of the train rule, up to and including the ``pgopd`` program; the rule
+    appends ``train --params ...``.
+
+    * one process: ``OMP_NUM_THREADS=<cpus> pgopd``;
+    * one node, several GPUs: ``python -m torch.distributed.run --standalone --nproc_per_node <gpu>``
+      (a free rendezvous port per job) or the deepspeed launcher, starting ``pgopd`` per rank;
+    * several nodes (slurm): ``srun`` starts one torchrun per node of the allocation, which
+      meet at a c10d rendezvous on the first node (``SLURM_JOB_ID`` / ``SLURM_JOB_NODELIST``).
+
+    ``OMP_NUM_THREADS`` is ``cpus_per_task`` split over the processes of a node.
+    """
+    r = cfg.resources.train
+    kind = train_launcher(cfg)
+    nproc = train_procs_per_node(cfg)
+    threads = max(1, r.cpus_per_task // nproc)
+    env = f"OMP_NUM_THREADS={threads}"
+    if kind == "none":
+        return f"{env} {pgopd_command(root)}"
+    py, target = _launch_parts(root)
+    if kind == "deepspeed":
+        if r.nodes > 1:
+            raise ConfigError("resources.train.launcher: deepspeed supports one node here; use torchrun")
+        prog = "--module pgopd.cli" if target == "module" else f"--no_python {target}"
+        port = (f"$({py} -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); "
+                f"print(s.getsockname()[1])')")
+        return f"{env} {py} -m deepspeed.launcher.runner --num_gpus {nproc} --master_port {port} {prog}"
+    prog = "-m pgopd.cli" if target == "module" else f"--no-python {target}"
+    torchrun = f"{py} -m torch.distributed.run"
+    if r.nodes == 1:
+        return f"{env} {torchrun} --standalone --nnodes 1 --nproc_per_node {nproc} {prog}"
+    gres = f" --gres=gpu:{r.gpu}" if r.gpu else ""
+    need = "resources.train.nodes > 1 needs a slurm allocation (snakemake --profile slurm)"
+    return (f"{env} srun --nodes={r.nodes} --ntasks={r.nodes} --ntasks-per-node=1{gres} "
+            f"--kill-on-bad-exit=1 {torchrun} --nnodes {r.nodes} --nproc_per_node {nproc} "
+            f"--rdzv_backend c10d --rdzv_id \"${{SLURM_JOB_ID:?{need}}}\" "
+            f"--rdzv_endpoint \"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)"
+            f":$((29500 + SLURM_JOB_ID % 1000))\" {prog}")
+
+
+def train_resources(cfg: Config) -> dict:
+    """Scheduler resources of a train job.  One node: those of ``resources.train``.
+
+    Several nodes: ``gpu`` becomes ``gres: gpu:<gpu>`` (slurm's ``--gpus`` counts GPUs per
+    job, ``--gres`` per node), ``tasks`` one per node, and ``mpi: srun`` tells the slurm
+    executor that the command starts its own ``srun`` (it then does not wrap the job in a
+    one-task ``srun``); ``tasks_per_gpu: 0`` keeps it from turning ``tasks`` into
+    ``--ntasks-per-gpu``.
+    """
+    out = rule_resources(cfg, "train")
+    nodes = cfg.resources.train.nodes
+    if nodes > 1:
+        gpu = out.pop("gpu")
+        if gpu:
+            out["gres"] = f"gpu:{gpu}"
+        out.update(mpi="srun", tasks=nodes, tasks_per_gpu=0)
     return out

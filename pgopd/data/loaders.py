@@ -461,6 +461,7 @@ def records_from_dataset(dataset, *, prompt_field: str = "", answer_field: str =
     prompt_is_messages = isinstance(first.get("prompt"), (list, tuple))
     prompt_f, answer_f, id_f, _ = _pick_fields(where, available, prompt_is_messages, prompt_field,
                                                 answer_field, id_field)
+
     def rows():
         for i, row in enumerate(dataset):
             if hasattr(row, "keys"):

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from ..config import BenchmarkConfig, DataConfig
-from .loaders import BAD_ROW_REASONS, load_records, write_json, write_jsonl
+from .loaders import BAD_ROW_REASONS, load_hf_records, load_records, write_json, write_jsonl
 from .synthetic import make_split
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,15 @@ def _load_file(cfg: DataConfig, *, path: str, prompt_field: str, answer_field: s
     return records, {"source": "file", **stats}
 
 
+def _load_hf(cfg: DataConfig, src, *, limit: int, name: str, key: str) -> tuple[list[dict], dict]:
+    """A Hugging Face dataset (``src``: a TrainDataConfig / BenchmarkConfig with source hf)."""
+    records, stats = load_hf_records(src.hf_name, split=src.hf_split, config=src.hf_config, key=key,
+                                     prompt_field=src.prompt_field, answer_field=src.answer_field,
+                                     id_field=src.id_field, limit=limit, on_bad_row=cfg.on_bad_row,
+                                     prompt_suffix=cfg.prompt_suffix, source_name=name)
+    return records, {"source": "hf", **stats}
+
+
 def build_train(cfg: DataConfig) -> tuple[list[dict], dict]:
     """Training records (synthetic ones carry ``solution`` and ``ops``) and their stats."""
     t = cfg.train
@@ -38,6 +47,8 @@ def build_train(cfg: DataConfig) -> tuple[list[dict], dict]:
         s = cfg.synthetic
         records = make_split(s.n_train, s.min_ops, s.max_ops, s.operand_max, s.seed, "train")
         return records, _synthetic_stats(records, min_ops=s.min_ops, max_ops=s.max_ops, seed=s.seed)
+    if t.source == "hf":
+        return _load_hf(cfg, t, limit=t.limit, name="train", key="data.train")
     return _load_file(cfg, path=t.path, prompt_field=t.prompt_field, answer_field=t.answer_field,
                       id_field=t.id_field, limit=t.limit, name="train")
 
@@ -54,6 +65,8 @@ def build_benchmark(cfg: DataConfig, name: str, bench: BenchmarkConfig,
         except ValueError as e:
             raise ValueError(f"data.benchmarks.{name}: {e}") from None
         return records, _synthetic_stats(records, ops=bench.ops, seed=bench.seed)
+    if bench.source == "hf":
+        return _load_hf(cfg, bench, limit=bench.n, name=name, key=f"data.benchmarks.{name}")
     return _load_file(cfg, path=bench.path, prompt_field=bench.prompt_field,
                       answer_field=bench.answer_field, id_field=bench.id_field, limit=bench.n,
                       name=name)

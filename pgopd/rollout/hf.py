@@ -81,16 +81,18 @@ class HFSampler:
         for _ in range(n_tokens):
             if self.pending_B is not None:
                 self.logits_BV = self.kv.forward_new(self.pending_B[:, None])[:, 0]
+            # noise from a CPU generator (same stream on any device), used where the logits are
             noise_BV = torch.rand((self.n_total, V), generator=self.gen)[self.rows_B + self.row_offset]
-            tok_B = sample_tokens(self.logits_BV, self.temperature, self.top_p, noise_BV)
-            tok_B = torch.where(self.done_B, torch.full_like(tok_B, self.pad_id), tok_B)
+            tok_dev_B = sample_tokens(self.logits_BV, self.temperature, self.top_p,
+                                      noise_BV.to(self.logits_BV.device))
             logp_BV = torch.log_softmax(self.logits_BV, -1)
+            top = logp_BV.topk(min(self.topk, V), dim=-1)
+            tok_B = torch.where(self.done_B, torch.full_like(tok_dev_B.cpu(), self.pad_id), tok_dev_B.cpu())
             valid.append(~self.done_B)
             toks.append(tok_B)
-            logps.append(logp_BV.gather(-1, tok_B[:, None])[:, 0])
-            top = logp_BV.topk(min(self.topk, V), dim=-1)
-            tk_ids.append(top.indices)
-            tk_logp.append(top.values)
+            logps.append(logp_BV.gather(-1, tok_dev_B[:, None])[:, 0].cpu())
+            tk_ids.append(top.indices.cpu())
+            tk_logp.append(top.values.cpu())
             self.done_B = self.done_B | (tok_B == self.eos_id)
             self.pending_B = tok_B
         return Chunk(torch.stack(toks, 1), torch.stack(valid, 1), torch.stack(logps, 1),
@@ -99,7 +101,7 @@ class HFSampler:
     def select(self, keep_B: torch.Tensor) -> None:
         """Keep live rows ``keep_B`` (indices into the current live batch)."""
         self.kv.select(keep_B)
-        self.logits_BV = self.logits_BV.index_select(0, keep_B)
+        self.logits_BV = self.logits_BV.index_select(0, keep_B.to(self.logits_BV.device))
         self.rows_B = self.rows_B.index_select(0, keep_B)
         self.done_B = self.done_B.index_select(0, keep_B)
         if self.pending_B is not None:

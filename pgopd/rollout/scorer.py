@@ -40,10 +40,10 @@ class TeacherScorer:
         at_student = None
         if student_topk_ids_BCK is not None:
             at_student = logp_BCV.gather(-1, student_topk_ids_BCK.to(logp_BCV.device))
-        return TeacherScores(
-            logp_BC=logp_BCV.gather(-1, tokens_BC.to(logp_BCV.device)[..., None])[..., 0],
-            topk_ids_BCK=logp_BCV.topk(min(self.topk, logp_BCV.shape[-1]), dim=-1).indices,
-            logp_at_student_BCK=at_student)
+        return TeacherScores(  # plain CPU tensors for the policy and the update
+            logp_BC=logp_BCV.gather(-1, tokens_BC.to(logp_BCV.device)[..., None])[..., 0].cpu(),
+            topk_ids_BCK=logp_BCV.topk(min(self.topk, logp_BCV.shape[-1]), dim=-1).indices.cpu(),
+            logp_at_student_BCK=None if at_student is None else at_student.cpu())
 
     def select(self, keep_B: torch.Tensor) -> None:
         self.kv.select(keep_B)

@@ -1,6 +1,11 @@
 # On-policy distillation of each pair's student with each method and seed.
 # fixed_truncation / random_prune copy their length / rate from the reference run
 # (train.controls.reference) of the same pair and seed.
+# One process, or one per GPU when resources.train.gpu > 1 or nodes > 1 (torchrun, or the
+# deepspeed launcher with resources.train.launcher: deepspeed): see pgopd.workflow.train_command.
+# The launch command is not part of params, so changing GPUs / nodes reruns nothing.
+
+TRAIN_LAUNCH = W.train_command(CFG, workflow.basedir)
 
 
 rule train:
@@ -22,9 +27,9 @@ rule train:
         out_dir=lambda wc: W.train_dir(wc.pair, wc.method, wc.seed),
     threads: res("train")["cpus_per_task"]
     resources:
-        **res("train"),
+        **W.train_resources(CFG),
     shell:
-        "OMP_NUM_THREADS={threads} {PGOPD} train --params {params.cfg:q} "
+        "{TRAIN_LAUNCH} train --params {params.cfg:q} "
         "--method {wildcards.method} --seed {wildcards.seed} "
         "--teacher {params.teacher:q} --student {params.student:q} "
         "--train-data {input.train:q} --teacher-cache {params.teacher_cache:q} "
