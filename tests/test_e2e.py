@@ -52,7 +52,7 @@ def test_models_and_teacher_cache(run_dir):
     for role in ("teacher", "student"):
         assert (run_dir / f"models/toy/{role}/config.json").exists()
         assert (run_dir / f"models/toy/{role}/tokenizer.json").exists()
-    assert build["teacher"]["params"] > build["student"]["params"]
+    assert build["models"]["teacher"]["params"] > build["models"]["student"]["params"]
     cache = json.loads((run_dir / "teacher/toy/summary.json").read_text())
     samples = read_jsonl(run_dir / "teacher/toy/samples.jsonl")
     assert cache["n_prompts"] == 200 and len(samples) == 200

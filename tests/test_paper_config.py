@@ -159,7 +159,7 @@ def _check_paper_graph(out: str):
 
 @needs_slurm_plugin
 def test_dry_run_slurm_profile_paper_graph(wf):
-    """The literal command of docs/paper_scale.md: `--profile slurm` is found in the
+    """The literal command of the README's Paper scale section: `--profile slurm` is found in the
     working directory (./slurm/config.yaml)."""
     rc, out = _snakemake(wf, "--profile", "slurm", "--configfile", "config/paper.yaml", "-p")
     assert rc == 0, out[-5000:]
