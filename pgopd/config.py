@@ -124,9 +124,9 @@ class ToyModelConfig:
 @dataclass
 class ToyModelsConfig:
     teacher: ToyModelConfig = sub(ToyModelConfig, "toy teacher")
-    student: ToyModelConfig = opt(ToyModelConfig(n_layers=2, d_model=64, n_heads=2, train_steps=150,
+    student: ToyModelConfig = opt(ToyModelConfig(n_layers=2, d_model=64, n_heads=2, train_steps=1000,
                                                  batch_size=64, lr=3e-3, seed=1),
-                                  "toy student (short warm start: clearly weaker)")
+                                  "toy student (smaller, shorter warm start: clearly weaker)")
 
 
 @dataclass
@@ -203,7 +203,7 @@ class VLLMConfig:
 class TrainConfig:
     methods: list = opt(["opd", "pgopd", "pruneopd"], "methods trained for every pair and seed",
                         choices=METHODS)
-    steps: int = opt(40, "optimizer steps", min=1)
+    steps: int = opt(100, "optimizer steps", min=1)
     prompts_per_step: int = opt(16, "prompts per step", min=1)
     n_samples: int = opt(4, "student responses per prompt", min=1)
     max_new_tokens: int = opt(48, "rollout length limit", min=1)
@@ -211,9 +211,9 @@ class TrainConfig:
     temperature: float = opt(1.0, "rollout sampling temperature", min=0.0)
     top_p: float = opt(1.0, "rollout nucleus mass", min=0.0, max=1.0)
     overlap_k: int = opt(8, "k of the top-k overlap", min=1)
-    loss_top_k: int = opt(0, "0: reward on the sampled token (PG); k>0: reverse KL over the student's top-k",
+    loss_top_k: int = opt(8, "0: reward on the sampled token (PG); k>0: reverse KL over the student's top-k",
                           min=0)
-    lr: float = opt(5e-4, "learning rate (constant after warmup)", min=0.0)
+    lr: float = opt(5e-5, "learning rate (constant after warmup)", min=0.0)
     warmup_steps: int = opt(0, "linear warmup steps", min=0)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
     grad_clip: float = opt(1.0, "gradient norm clip (0 = off)", min=0.0)
@@ -272,7 +272,7 @@ class ResourcesConfig:
 @dataclass
 class Config:
     pairs: dict = opt({"toy": {"teacher": "toy", "student": "toy"}}, "name -> teacher-student pair")
-    seeds: list = opt([0], "training seeds; every training and evaluation job fans out over them", min=0)
+    seeds: list = opt([0, 1], "training seeds; every training and evaluation job fans out over them", min=0)
     data: DataConfig = sub(DataConfig, "data preparation")
     toy_models: ToyModelsConfig = sub(ToyModelsConfig, "toy models (pairs that name 'toy')")
     teacher_cache: TeacherCacheConfig = sub(TeacherCacheConfig, "teacher caching")

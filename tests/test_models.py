@@ -123,6 +123,22 @@ def test_boxed_answer():
     assert toy.boxed_answer("no box") is None
 
 
+def test_heldout_problems_are_unseen_and_drawn_like_training():
+    train = make_split(200, 1, 3, 12, 0, "train")
+    train = [{**r, "prompt": f"Compute {r['prompt']} now"} for r in train]
+    seen = {r["prompt"] for r in train}
+    problems = toy.heldout_problems(train, 10, seed=5)
+    assert sorted(problems) == [1, 2, 3]
+    for ops, probs in problems.items():
+        assert len(probs) == 10 and all(p["ops"] == ops for p in probs)
+        for p in probs:
+            assert p["prompt"] not in seen
+            assert p["prompt"].startswith("Compute ") and p["prompt"].endswith(" now")
+            expr = p["prompt"][len("Compute "):-len(" now")]
+            assert max(int(x) for x in expr.replace("-", "+").split("+")) <= 12
+    assert toy.heldout_problems([{"prompt": "What is x?", "solution": "1"}], 10, seed=5) == {}
+
+
 def test_train_records_need_solutions(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"id": "x-0", "prompt": "1+2", "answer": "3"}) + "\n")

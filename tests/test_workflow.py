@@ -178,7 +178,7 @@ def test_dry_run_default_lists_the_expected_jobs(wf):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert _job_counts(out) == {"prepare_data": 1, "build_toy_models": 1, "cache_teacher": 1,
-                                "train": 3, "evaluate": 5, "report": 1, "all": 1, "total": 13}
+                                "train": 6, "evaluate": 8, "report": 1, "all": 1, "total": 19}
     assert "pgopd train --params '{" in out and "--method pgopd --seed 0" in out
     assert "--teacher-cache results/teacher/toy" in out
     assert "> results/logs/evaluate/toy/opd/seed0.log 2>&1" in out

@@ -83,23 +83,34 @@ def encode_examples(tok, records: list[dict]) -> tuple[torch.Tensor, torch.Tenso
     return ids, labels, torch.tensor([len(s) for s in seqs])
 
 
+def training_expressions(records: list[dict]) -> list[str]:
+    """The ``a+b-c`` expression of every training prompt that holds one."""
+    found = (_EXPR.search(r["prompt"]) for r in records if isinstance(r["prompt"], str))
+    return [m.group(0) for m in found if m]
+
+
 def heldout_problems(records: list[dict], n: int, seed: int) -> dict[int, list[dict]]:
     """``n`` unseen problems per difficulty in ``EVAL_OPS``, drawn like the training ones.
 
     The operand range is read off the training expressions and the prompt wording is copied
     from the first record (the expression replaced).  Empty when the prompts hold no
-    ``a+b-c`` expression (then no accuracy is measured).
+    ``a+b-c`` expression (then no accuracy is measured); a difficulty whose problems are
+    all used up by training is left out.
     """
     first = records[0]["prompt"]
     match = _EXPR.search(first) if isinstance(first, str) else None
-    if match is None or n <= 0:
+    exprs = training_expressions(records)
+    if match is None or not exprs or n <= 0:
         return {}
-    exprs = [m.group(0) for r in records if isinstance(r["prompt"], str) and (m := _EXPR.search(r["prompt"]))]
-    operand_max = max(max(int(x) for x in re.findall(r"\d+", e)) for e in exprs)
+    operand_max = max(2, max(int(x) for e in exprs for x in re.findall(r"\d+", e)))
     head, tail = first[:match.start()], first[match.end():]
     out = {}
     for ops in EVAL_OPS:
-        probs = make_split(n, ops, ops, max(operand_max, 2), seed + ops, f"heldout{ops}", exclude=set(exprs))
+        try:
+            probs = make_split(n, ops, ops, operand_max, seed + ops, f"heldout{ops}", exclude=set(exprs))
+        except ValueError as e:
+            log.warning("no held-out accuracy for %d-operation problems: %s", ops, e)
+            continue
         out[ops] = [{**p, "prompt": head + p["prompt"] + tail} for p in probs]
     return out
 
@@ -277,9 +288,11 @@ def build_toy_models(cfg: ToyModelsConfig, train_jsonl: Path, out_dir: Path, *,
     """Build the char tokenizer, train the toy teacher and student, save them, report.
 
     Returns (and writes to ``out_dir/build.json``) per model: parameter count, train
-    seconds, initial / final loss and greedy accuracy on ``n_eval`` held-out problems per
-    difficulty (1, 2, 3 operations).
+    seconds, initial loss (first step) and final loss (mean of the last 20 steps), and
+    greedy accuracy / EOS rate / boxed rate on ``n_eval`` held-out problems per difficulty
+    (1, 2, 3 operations; operand range read off the training prompts).
     """
+    t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = read_train_records(train_jsonl)
@@ -290,6 +303,7 @@ def build_toy_models(cfg: ToyModelsConfig, train_jsonl: Path, out_dir: Path, *,
         log.warning("train prompts hold no a+b-c expression: held-out accuracy is not measured")
     max_resp = int((data[1] != -100).sum(1).max())
     report = {"n_train": len(records), "vocab_size": len(tok), "max_seq_len": int(data[2].max()),
+              "heldout": {"n_per_ops": n_eval, "ops": sorted(problems), "seed": eval_seed},
               "config": to_dict(cfg), "models": {}}
     log.info("toy models: %d training sequences (longest %d tokens), vocab %d",
              len(records), report["max_seq_len"], len(tok))
@@ -305,5 +319,6 @@ def build_toy_models(cfg: ToyModelsConfig, train_jsonl: Path, out_dir: Path, *,
                  {k: v["accuracy"] for k, v in stats["accuracy"].items()})
         save_atomically(model, tok, out_dir / name)
         report["models"][name] = stats
+    report["build_seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomically(report, out_dir / "build.json")
     return report
