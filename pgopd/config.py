@@ -203,7 +203,7 @@ class VLLMConfig:
 class TrainConfig:
     methods: list = opt(["opd", "pgopd", "pruneopd"], "methods trained for every pair and seed",
                         choices=METHODS)
-    steps: int = opt(100, "optimizer steps", min=1)
+    steps: int = opt(80, "optimizer steps", min=1)
     prompts_per_step: int = opt(16, "prompts per step", min=1)
     n_samples: int = opt(4, "student responses per prompt", min=1)
     max_new_tokens: int = opt(48, "rollout length limit", min=1)
