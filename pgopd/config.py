@@ -390,7 +390,12 @@ def parse_dataclass(cls, raw, prefix: str = ""):
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
         if name in raw:
-            kwargs[name] = _parse_value(key, raw[name], types[name], f.metadata, item_types.get(name))
+            value = raw[name]
+            if dataclasses.is_dataclass(types[name]) and isinstance(value, dict):
+                # keys left out keep this field's own default (e.g. the toy student's), not
+                # the class defaults of its type
+                value = {**to_dict(f.default_factory()), **value}
+            kwargs[name] = _parse_value(key, value, types[name], f.metadata, item_types.get(name))
         elif name in item_types:  # default mapping of sub-configs
             default = f.default_factory()
             kwargs[name] = _parse_value(key, default, dict, f.metadata, item_types[name])

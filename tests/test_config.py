@@ -1,0 +1,21 @@
+"""Typed config: partial overrides keep the field's own defaults; errors name the key."""
+import pytest
+
+from pgopd.config import ConfigError, ToyModelsConfig, parse, parse_dataclass
+
+
+def test_partial_override_keeps_the_fields_own_default():
+    # the toy student's defaults differ from ToyModelConfig's; overriding one key keeps the rest
+    default = parse({}).toy_models.student
+    got = parse_dataclass(ToyModelsConfig, {"student": {"train_steps": 10}}, "toy_models").student
+    assert got.train_steps == 10
+    assert (got.n_layers, got.d_model, got.n_heads, got.lr) == (default.n_layers, default.d_model,
+                                                                default.n_heads, default.lr)
+    assert (default.n_layers, default.d_model) != (4, 128)
+    res = parse({"resources": {"build_toy_models": {"mem_mb": 999}}}).resources.build_toy_models
+    assert res.mem_mb == 999 and res.cpus_per_task == parse({}).resources.build_toy_models.cpus_per_task == 2
+
+
+def test_error_names_the_nested_key():
+    with pytest.raises(ConfigError, match=r"^toy_models\.student\.d_model: expected an integer"):
+        parse({"toy_models": {"student": {"d_model": "big"}}})
