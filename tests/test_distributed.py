@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import save_tiny_model
 import torch
 from safetensors.torch import load_file
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from pgopd import workflow as W
 from pgopd.config import ConfigError, DataConfig, parse_dataclass
@@ -40,16 +40,6 @@ RUNS = {
     "torchrun2_zero2": ({"gpu": 2, "cpus_per_task": 2}, {"zero_stage": 2}),
 }
 FLOAT_FIELDS = {"reward_prefix", "reward_suffix", "overlap_mean", "weight_mean", "weight_min"}
-
-
-def _model(tok, layers, seed, path):
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=128,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    Qwen2ForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _command(d: Path, out: Path, resources: dict, extra: dict) -> str:
@@ -74,8 +64,8 @@ def runs(tmp_path_factory):
     (each is mostly start-up time)."""
     d = tmp_path_factory.mktemp("dist")
     tok = build_char_tokenizer()
-    _model(tok, 2, 0, d / "teacher")
-    _model(tok, 1, 1, d / "student")
+    save_tiny_model(tok, 2, 0, d / "teacher")
+    save_tiny_model(tok, 1, 1, d / "student")
     prepare_data(parse_dataclass(DataConfig, {"synthetic": {"n_train": 40}, "benchmarks": {
         "easy": {"n": 4, "ops": 1}}}, "data"), d / "data")
     (d / "cache").mkdir()

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import save_tiny_model
 import torch
 from safetensors.torch import load_file
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from pgopd.config import DataConfig, parse_dataclass
 from pgopd.data.prepare import prepare_data
@@ -21,22 +22,12 @@ PGOPD = [sys.executable, "-m", "pgopd.cli"]
 TIMING = {"t_rollout_s", "t_teacher_s", "t_update_s"}
 
 
-def _model(tok, layers, seed, path):
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=128,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    Qwen2ForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
     tok = build_char_tokenizer()
-    _model(tok, 2, 0, d / "teacher")
-    _model(tok, 1, 1, d / "student")
+    save_tiny_model(tok, 2, 0, d / "teacher")
+    save_tiny_model(tok, 1, 1, d / "student")
     prepare_data(parse_dataclass(DataConfig, {"synthetic": {"n_train": 40}, "benchmarks": {
         "easy": {"n": 4, "ops": 1}}}, "data"), d / "data")
     (d / "cache").mkdir()
@@ -122,7 +113,7 @@ def test_tokenizer_mismatch_stops_before_training(setup, tmp_path):
     d = setup
     other = tmp_path / "other"
     tok = build_char_tokenizer(extra_chars="§¶")
-    _model(tok, 1, 2, other)
+    save_tiny_model(tok, 1, 2, other)
     c = cmd(d, tmp_path / "out")
     c[c.index("--student") + 1] = str(other)
     r = subprocess.run(c, env=env(), capture_output=True, text=True, timeout=300)
