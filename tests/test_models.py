@@ -81,6 +81,20 @@ def test_save_and_load_round_trip(tok, tmp_path):
     assert load_tokenizer(str(tmp_path)).get_vocab() == tok.get_vocab()
 
 
+def test_load_tokenizer_beside_a_qwen2_config_keeps_every_character(tok, tmp_path):
+    """transformers 5 maps model_type qwen2 to Qwen2Tokenizer, which drops spaces; a toy model
+    directory (tokenizer + Qwen2 config.json) must load the char tokenizer as saved."""
+    from transformers import Qwen2Config
+
+    tok.save_pretrained(tmp_path)
+    Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=2).save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.encode(SOLUTION, add_special_tokens=False) == tok.encode(SOLUTION, add_special_tokens=False)
+    assert loaded.decode(loaded.encode(SOLUTION, add_special_tokens=False)) == SOLUTION
+    assert encode_prompts(loaded, ["17 + 38"], "be brief") == encode_prompts(tok, ["17 + 38"], "be brief")
+
+
 # ----------------------------------------------------------------------------- loading helpers
 def test_compatible_tokenizers_pass(tok, tmp_path):
     tok.save_pretrained(tmp_path)

@@ -36,10 +36,30 @@ def _is_local(ref: str) -> bool:
 
 def load_tokenizer(ref: str):
     """The tokenizer of a model directory or HF id (``AutoTokenizer``)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     ref = resolve_model_ref(ref)
+    if _saved_as_generic_fast(ref):
+        # transformers 5 picks the tokenizer class from the *model* type when config.json sits
+        # beside it (qwen2 -> Qwen2Tokenizer, which rebuilds its own pre-tokenizer and drops
+        # the toy tokenizer's spaces); a tokenizer saved as the generic fast class must be
+        # loaded as exactly what tokenizer.json describes
+        return PreTrainedTokenizerFast.from_pretrained(ref, local_files_only=True)
     return AutoTokenizer.from_pretrained(ref, local_files_only=_is_local(ref))
+
+
+def _saved_as_generic_fast(ref: str) -> bool:
+    """A local directory whose tokenizer_config.json names the generic fast tokenizer class."""
+    import json
+
+    cfg = Path(ref) / "tokenizer_config.json"
+    if not (cfg.is_file() and (Path(ref) / "tokenizer.json").is_file()):
+        return False
+    try:
+        cls = json.loads(cfg.read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        return False
+    return cls in ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def load_model(ref: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
