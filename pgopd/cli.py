@@ -52,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, type=Path, help="writes train.jsonl, bench/<name>.jsonl, stats.json")
 
     p = _add(sub, "build-toy-models", C.ToyModelsConfig, "toy_models",
-             "Build the char tokenizer and train the toy teacher and student from scratch.")
+             "Build the char tokenizer and train the toy teacher and/or student from scratch.")
     p.add_argument("--train", required=True, type=Path, help="train.jsonl from prepare-data (worked solutions)")
-    p.add_argument("--out-dir", required=True, type=Path, help="writes teacher/ and student/ (HF format), build.json")
+    p.add_argument("--role", nargs="+", choices=("teacher", "student"), default=["teacher", "student"],
+                   help="which toy models to build (the workflow runs one job per role)")
+    p.add_argument("--out-dir", required=True, type=Path,
+                   help="writes <role>/ (HF format) and build_<role>.json per role")
 
     p = _add(sub, "cache-teacher", C.TeacherCacheConfig, "teacher_cache",
              "Sample the teacher once on the training prompts; keep samples, correctness, top-k log-probs.")

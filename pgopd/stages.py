@@ -9,7 +9,7 @@ def prepare_data(args):
 
 def build_toy_models(args):
     from .models.toy import build_toy_models as run
-    run(args.cfg, args.train, args.out_dir)
+    run(args.cfg, args.train, args.out_dir, roles=tuple(args.role))
 
 
 def cache_teacher(args):

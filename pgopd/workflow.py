@@ -221,8 +221,11 @@ def data_params(cfg: Config) -> dict:
     return C.to_dict(cfg.data)
 
 
-def toy_params(cfg: Config) -> dict:
-    return C.to_dict(cfg.toy_models)
+def toy_params(cfg: Config, role: str | None = None) -> dict:
+    """The ``toy_models`` slice, or only ``{role: ...}`` of it (a student change leaves the
+    teacher job, and so the teacher cache, untouched)."""
+    d = C.to_dict(cfg.toy_models)
+    return d if role is None else {role: d[role]}
 
 
 def teacher_cache_params(cfg: Config) -> dict:

@@ -48,11 +48,13 @@ def test_data_outputs(run_dir):
 
 
 def test_models_and_teacher_cache(run_dir):
-    build = json.loads((run_dir / "models/toy/build.json").read_text())
+    build = {role: json.loads((run_dir / f"models/toy/build_{role}.json").read_text())
+             for role in ("teacher", "student")}
     for role in ("teacher", "student"):
+        assert build[role]["role"] == role and build[role]["final_loss"] < build[role]["initial_loss"]
         assert (run_dir / f"models/toy/{role}/config.json").exists()
         assert (run_dir / f"models/toy/{role}/tokenizer.json").exists()
-    assert build["models"]["teacher"]["params"] > build["models"]["student"]["params"]
+    assert build["teacher"]["params"] > build["student"]["params"]
     cache = json.loads((run_dir / "teacher/toy/summary.json").read_text())
     samples = read_jsonl(run_dir / "teacher/toy/samples.jsonl")
     assert cache["n_prompts"] == 200 and len(samples) == 200

@@ -181,11 +181,12 @@ def built(tmp_path_factory, one_thread):
 
 def test_build_writes_loadable_models_and_report(built):
     out, report = built
-    assert sorted(p.name for p in out.iterdir()) == ["build.json", "student", "teacher"]  # no temp dirs left
-    on_disk = json.loads((out / "build.json").read_text())
-    assert on_disk["models"].keys() == {"teacher", "student"}
+    # no temp dirs left
+    assert sorted(p.name for p in out.iterdir()) == ["build_student.json", "build_teacher.json", "student", "teacher"]
+    on_disk = {name: json.loads((out / f"build_{name}.json").read_text()) for name in ("teacher", "student")}
+    assert on_disk == report
     for name in ("teacher", "student"):
-        stats = on_disk["models"][name]
+        stats = on_disk[name]
         assert stats["final_loss"] < stats["initial_loss"]
         assert stats["params"] > 0 and stats["train_seconds"] > 0
         assert set(stats["accuracy"]) == {"ops1", "ops2", "ops3"}
@@ -193,7 +194,21 @@ def test_build_writes_loadable_models_and_report(built):
         assert not model.training and model.config.tie_word_embeddings
         assert sum(p.numel() for p in model.parameters()) == stats["params"]
         check_tokenizers_compatible(load_tokenizer(str(out / name)), build_char_tokenizer())
-    assert on_disk["models"]["teacher"]["final_loss"] < on_disk["models"]["student"]["final_loss"]
+    assert on_disk["teacher"]["final_loss"] < on_disk["student"]["final_loss"]
+
+
+def test_build_one_role_leaves_the_other_alone(built, tmp_path):
+    out, report = built
+    train = tmp_path / "train.jsonl"
+    with open(train, "w") as fh:
+        for rec in make_split(300, 1, 1, 20, 0, "train"):
+            fh.write(json.dumps(rec) + "\n")
+    only = toy.build_toy_models(TINY, train, tmp_path / "m", roles=("student",), n_eval=16)
+    assert set(only) == {"student"} and not (tmp_path / "m/teacher").exists()
+    # same config, same seed: the job-per-role build equals the both-at-once build
+    assert only["student"]["final_loss"] == report["student"]["final_loss"]
+    with pytest.raises(ValueError, match="roles"):
+        toy.build_toy_models(TINY, train, tmp_path / "m", roles=("tutor",))
 
 
 def test_teacher_generates_eos_terminated_boxed_answers(built):

@@ -168,6 +168,7 @@ CHANGES = {
     "pgopd_knob": _set("train.pgopd.top_fraction", 0.25),
     "eval_k": _both(_set("eval.k", 3), _set("resources.train.mem_mb", 12345)),
     "data_n_train": _set("data.synthetic.n_train", 150),
+    "student_steps": _set("toy_models.student.train_steps", 31),
 }
 
 
@@ -216,6 +217,18 @@ def test_data_setting_reruns_data_and_everything_downstream(dry_runs, finished):
         "rules": {"prepare_data", "build_toy_models", "cache_teacher", "train", "evaluate", "report", "all"},
         "train": {(m, "0") for m in W.train_methods(cfg)}, "evaluate": _all_evals(cfg)}, out
     assert "cache_teacher" in out and "wildcards: teacher=toy" in out
+
+
+def test_toy_student_change_rebuilds_only_the_student_and_what_it_feeds(dry_runs, finished):
+    _wd, cfg = finished
+    rc, out = dry_runs["student_steps"]
+    assert rc == 0, out
+    jobs = _jobs(out)
+    assert [w for r, w in jobs if r == "build_toy_models"] == [{"role": "student"}], out
+    # the teacher, its cache and its evaluation stay; every student model is redone
+    assert _summary(out) == {"rules": {"build_toy_models", "train", "evaluate", "report", "all"},
+                             "train": {(m, "0") for m in W.train_methods(cfg)},
+                             "evaluate": _all_evals(cfg) - {("teacher", "base")}}, out
 
 
 def test_snakemake_report_html_is_self_contained(dry_runs, finished):

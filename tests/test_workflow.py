@@ -177,8 +177,8 @@ def test_dry_run_default_lists_the_expected_jobs(wf):
     r = _snakemake(wf, "-p")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    assert _job_counts(out) == {"prepare_data": 1, "build_toy_models": 1, "cache_teacher": 1,
-                                "train": 6, "evaluate": 8, "report": 1, "all": 1, "total": 19}
+    assert _job_counts(out) == {"prepare_data": 1, "build_toy_models": 2, "cache_teacher": 1,
+                                "train": 6, "evaluate": 8, "report": 1, "all": 1, "total": 20}
     assert "pgopd train --params '{" in out and "--method pgopd --seed 0" in out
     assert "--teacher-cache results/teacher/toy" in out
     assert "> results/logs/evaluate/toy/opd/seed0.log 2>&1" in out
@@ -192,7 +192,8 @@ def test_dry_run_configfile_replaces_default_and_controls(wf, tmp_path):
     r = _snakemake(wf, "-p", "--configfile", str(cf))
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    # the default `toy` pair is not merged in: 1 pair x 7 methods x 2 seeds
+    # the default `toy` pair is not merged in: 1 pair x 7 methods x 2 seeds; only the toy
+    # student is built (the teacher is a hub model)
     assert _job_counts(out) == {"prepare_data": 1, "build_toy_models": 1, "cache_teacher": 1,
                                 "train": 14, "evaluate": 2 + 14, "report": 1, "all": 1,
                                 "total": 35}

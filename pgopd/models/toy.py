@@ -6,7 +6,8 @@ enough to be good; the student only gets a short warm start, so it knows the out
 (``... \\boxed{n}`` then EOS) but is clearly weaker: the gap OPD has to close.
 
 Output (``out_dir``): ``teacher/`` and ``student/`` (HF ``save_pretrained`` with the
-tokenizer) and ``build.json`` (parameters, train time, losses, held-out greedy accuracy).
+tokenizer) and ``build_<role>.json`` (parameters, train time, losses, held-out greedy
+accuracy).  The two models are independent, so the workflow builds them in two jobs.
 """
 from __future__ import annotations
 
@@ -283,16 +284,22 @@ def write_json_atomically(obj, dest: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- entry point
-def build_toy_models(cfg: ToyModelsConfig, train_jsonl: Path, out_dir: Path, *,
-                     n_eval: int = 100, eval_seed: int = 9000) -> dict:
-    """Build the char tokenizer, train the toy teacher and student, save them, report.
+ROLES = ("teacher", "student")
 
-    Returns (and writes to ``out_dir/build.json``) per model: parameter count, train
-    seconds, initial loss (first step) and final loss (mean of the last 20 steps), and
-    greedy accuracy / EOS rate / boxed rate on ``n_eval`` held-out problems per difficulty
-    (1, 2, 3 operations; operand range read off the training prompts).
+
+def build_toy_models(cfg: ToyModelsConfig, train_jsonl: Path, out_dir: Path, *,
+                     roles: tuple[str, ...] = ROLES, n_eval: int = 100, eval_seed: int = 9000) -> dict:
+    """Build the char tokenizer, train the toy models named in ``roles``, save them, report.
+
+    Returns ``{role: report}`` and writes each report to ``out_dir/build_<role>.json``:
+    parameter count, train seconds, initial loss (first step) and final loss (mean of the
+    last 20 steps), and greedy accuracy / EOS rate / boxed rate on ``n_eval`` held-out
+    problems per difficulty (1, 2, 3 operations; operand range read off the training prompts).
+    Every role uses the same deterministic tokenizer, so models built in separate jobs match.
     """
-    t0 = time.perf_counter()
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise ValueError(f"roles must be a non-empty subset of {ROLES}, got {list(roles)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = read_train_records(train_jsonl)
@@ -302,12 +309,11 @@ def build_toy_models(cfg: ToyModelsConfig, train_jsonl: Path, out_dir: Path, *,
     if not problems:
         log.warning("train prompts hold no a+b-c expression: held-out accuracy is not measured")
     max_resp = int((data[1] != -100).sum(1).max())
-    report = {"n_train": len(records), "vocab_size": len(tok), "max_seq_len": int(data[2].max()),
-              "heldout": {"n_per_ops": n_eval, "ops": sorted(problems), "seed": eval_seed},
-              "config": to_dict(cfg), "models": {}}
     log.info("toy models: %d training sequences (longest %d tokens), vocab %d",
-             len(records), report["max_seq_len"], len(tok))
-    for name in ("teacher", "student"):
+             len(records), int(data[2].max()), len(tok))
+    out = {}
+    for name in roles:
+        t0 = time.perf_counter()
         mcfg = getattr(cfg, name)
         model = make_model(mcfg, tok, name)
         log.info("%s: %d parameters, %d steps of batch %d", name, n_params(model), mcfg.train_steps,
@@ -318,7 +324,10 @@ def build_toy_models(cfg: ToyModelsConfig, train_jsonl: Path, out_dir: Path, *,
         log.info("%s: final loss %.4f, greedy accuracy %s", name, stats["final_loss"] or math.nan,
                  {k: v["accuracy"] for k, v in stats["accuracy"].items()})
         save_atomically(model, tok, out_dir / name)
-        report["models"][name] = stats
-    report["build_seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomically(report, out_dir / "build.json")
-    return report
+        report = {"role": name, "n_train": len(records), "vocab_size": len(tok),
+                  "max_seq_len": int(data[2].max()),
+                  "heldout": {"n_per_ops": n_eval, "ops": sorted(problems), "seed": eval_seed},
+                  "config": to_dict(mcfg), **stats, "build_seconds": round(time.perf_counter() - t0, 2)}
+        write_json_atomically(report, out_dir / f"build_{name}.json")
+        out[name] = report
+    return out

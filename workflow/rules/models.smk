@@ -1,5 +1,6 @@
 # The toy teacher and student (trained from scratch on the synthetic solutions); only
-# when a pair names `toy`.
+# when a pair names `toy`.  One job per role: they are independent, and each job's params
+# hold only its own config slice, so a student change does not rebuild the teacher.
 
 if W.uses_toy(CFG):
 
@@ -7,16 +8,17 @@ if W.uses_toy(CFG):
         input:
             train=W.DATA_TRAIN,
         output:
-            teacher=directory(W.model_path("toy", "teacher")),
-            student=directory(W.model_path("toy", "student")),
-            build="results/models/toy/build.json",
+            model=directory("results/models/toy/{role}"),
+            build="results/models/toy/build_{role}.json",
+        wildcard_constraints:
+            role="teacher|student",
         log:
-            "results/logs/build_toy_models/build_toy_models.log",
+            "results/logs/build_toy_models/{role}.log",
         params:
-            cfg=W.params_json(W.toy_params(CFG)),
+            cfg=lambda wc: W.params_json(W.toy_params(CFG, wc.role)),
         threads: res("build_toy_models")["cpus_per_task"]
         resources:
             **res("build_toy_models"),
         shell:
-            "OMP_NUM_THREADS={threads} {PGOPD} build-toy-models --params {params.cfg:q} "
+            "OMP_NUM_THREADS={threads} {PGOPD} build-toy-models --params {params.cfg:q} --role {wildcards.role} "
             "--train {input.train:q} --out-dir results/models/toy > {log:q} 2>&1"
