@@ -3,9 +3,12 @@
 1. chunked vs one-shot rollout time for the same tokens (target <= 1.10x),
 2. teacher-scored tokens over generated (kept) tokens for every method (target 1.00),
 3. from the default pipeline's results (if present): generated tokens and training wall
-   time of pgopd and pruneopd relative to opd at the same number of steps.
+   time of pgopd and pruneopd relative to opd at the same number of steps,
+4. the same ratios for the real training stage run *alone* (one method after the other,
+   ``--alone-steps`` steps of the default config, one thread): the pipeline runs two jobs on
+   two cores next to evaluation jobs, so its wall times also measure who shared a core.
 
-Usage: python bench/rollout_bench.py [--models results/models/toy] [--repeats 5]
+Usage: python bench/rollout_bench.py [--models results/models/toy] [--repeats 5] [--alone-steps 20]
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ def main() -> None:
     ap.add_argument("--models", type=Path, default=ROOT / "results/models/toy")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--alone-steps", type=int, default=20, help="training steps per method in section 4 (0 = skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -100,9 +104,42 @@ def main() -> None:
             out["default_run_vs_opd"][f"{pair}/{seed}/{m}"] = row
             print(f"{pair}/{seed} {m:>16} over opd: generated tokens {row['gen_tokens_ratio']:.3f}x, "
                   f"training wall time {row['wall_time_ratio']:.3f}x")
+    if args.alone_steps:
+        out["alone_vs_opd"] = train_alone(args.models, args.results, args.alone_steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
+
+
+def train_alone(models: Path, results: Path, steps: int, methods=("opd", "pgopd", "pruneopd")) -> dict:
+    """Run the training stage for each method in turn (same seed, prompts and start) and
+    compare wall time and generated tokens with opd's."""
+    import tempfile
+
+    from pgopd.config import TrainConfig, parse_dataclass
+    from pgopd.train import train
+
+    data, cache = results / "data/train.jsonl", results / "teacher/toy"
+    if not (data.exists() and (cache / "summary.json").exists()):
+        print(f"section 4 skipped: {data} or {cache}/summary.json missing (run make pipeline)")
+        return {}
+    cfg = parse_dataclass(TrainConfig, {"steps": steps}, "train")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in methods:
+            summ = train(cfg, method=m, seed=0, teacher=str(models / "teacher"), student=str(models / "student"),
+                         train_data=data, teacher_cache=cache, out_dir=Path(tmp) / m)
+            steps_ = [json.loads(x) for x in (Path(tmp) / m / "metrics.jsonl").read_text().splitlines()]
+            rows[m] = {"train_wall_s": summ["train_wall_s"], "gen_tokens": summ["gen_tokens"],
+                       **{k: sum(r[k] for r in steps_) for k in ("t_rollout_s", "t_teacher_s", "t_update_s")}}
+    base = rows["opd"]
+    for m, r in rows.items():
+        r["wall_time_ratio"] = r["train_wall_s"] / base["train_wall_s"]
+        r["gen_tokens_ratio"] = r["gen_tokens"] / base["gen_tokens"]
+        print(f"alone, {steps} steps: {m:>9} wall {r['train_wall_s']:.1f}s ({r['wall_time_ratio']:.3f}x opd), "
+              f"tokens {r['gen_tokens']} ({r['gen_tokens_ratio']:.3f}x); rollout {r['t_rollout_s']:.1f}s, "
+              f"teacher {r['t_teacher_s']:.1f}s, update {r['t_update_s']:.1f}s")
+    return {"steps": steps, "seed": 0, "methods": rows}
 
 
 if __name__ == "__main__":

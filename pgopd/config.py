@@ -262,7 +262,7 @@ class RuleResources:
 class ResourcesConfig:
     """Per-rule resources; cluster-specific values (partition, account) live in the profile."""
     prepare_data: RuleResources = sub(RuleResources, "prepare_data jobs")
-    build_toy_models: RuleResources = opt(RuleResources(), "build_toy_models jobs (one per role)")
+    build_toy_models: RuleResources = opt(RuleResources(cpus_per_task=2), "build_toy_models jobs (one per role)")
     cache_teacher: RuleResources = sub(RuleResources, "cache_teacher jobs")
     train: RuleResources = sub(RuleResources, "train jobs")
     evaluate: RuleResources = sub(RuleResources, "evaluate jobs")
