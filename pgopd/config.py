@@ -115,7 +115,7 @@ class ToyModelConfig:
     d_model: int = opt(128, "hidden size", min=16)
     n_heads: int = opt(4, "attention heads (head size d_model/n_heads; vLLM needs >= 32)", min=1)
     d_ff: int = opt(0, "MLP size (0 = 4 * d_model)", min=0)
-    train_steps: int = opt(900, "supervised steps on worked solutions", min=0)
+    train_steps: int = opt(700, "supervised steps on worked solutions", min=0)
     batch_size: int = opt(64, "sequences per step", min=1)
     lr: float = opt(3e-3, "peak learning rate (one-cycle)", min=0.0)
     seed: int = opt(0, "init and data-order seed", min=0)
