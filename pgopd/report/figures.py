@@ -98,6 +98,30 @@ def _empty(path: Path, title: str, why: str):
     _save(fig, path)
 
 
+def _per_pair(fig_dir: Path, name: str, rows: list[dict], title: str, why_empty: str, pairs, draw,
+              has_data: bool | None = None) -> list[dict]:
+    """Write ``<name>.csv`` (exactly ``rows``) and ``<name>.png``: one panel per pair, drawn
+    by ``draw(ax, pair)``, or a figure saying ``why_empty`` when there is nothing to plot
+    (``has_data``; default: any rows)."""
+    _write_csv(fig_dir / f"{name}.csv", COLUMNS[name], rows)
+    if not (bool(rows) if has_data is None else has_data):
+        _empty(fig_dir / f"{name}.png", title, why_empty)
+        return rows
+    fig, axes = _panels(pairs, title)
+    for ax, pair in zip(axes, pairs):
+        draw(ax, pair)
+    _save(fig, fig_dir / f"{name}.png")
+    return rows
+
+
+def _axes_text(ax, title: str, xlabel: str, ylabel: str, legend: bool = True) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(fontsize=8)
+
+
 def _pairs(keys):
     out = []
     for k in keys:
@@ -125,15 +149,8 @@ def accuracy_vs_wall(t: Table, fig_dir: Path) -> list[dict]:
             rows.append({"pair": r.pair, "method": r.method, "kind": "point", "train_wall_s": r.train_wall_s,
                          "train_wall_s_std": r.train_wall_s_std, "avg": 100 * r.avg,
                          "avg_std": None if r.avg_std is None else 100 * r.avg_std, "n_seeds": r.n_seeds})
-    name = "accuracy_vs_wall"
-    _write_csv(fig_dir / f"{name}.csv", COLUMNS[name], rows)
-    title = "Accuracy vs training wall time"
-    if not any(r["kind"] == "point" for r in rows):
-        _empty(fig_dir / f"{name}.png", title, "no trained run with evaluations")
-        return rows
-    pairs = _pairs([(r["pair"],) for r in rows])
-    fig, axes = _panels(pairs, title)
-    for ax, pair in zip(axes, pairs):
+
+    def draw(ax, pair):
         for r in rows:
             if r["pair"] != pair:
                 continue
@@ -145,12 +162,11 @@ def accuracy_vs_wall(t: Table, fig_dir: Path) -> list[dict]:
             else:
                 ax.errorbar(r["train_wall_s"], r["avg"], xerr=r["train_wall_s_std"] or 0, yerr=r["avg_std"] or 0,
                             fmt="o", color=_color(r["method"]), label=label, capsize=3)
-        ax.set_title(pair)
-        ax.set_xlabel("training wall time (s)")
-        ax.set_ylabel("Avg. accuracy (%)")
-        ax.legend(fontsize=8)
-    _save(fig, fig_dir / f"{name}.png")
-    return rows
+        _axes_text(ax, pair, "training wall time (s)", "Avg. accuracy (%)")
+    # base-model lines alone compare nothing: the figure says so, the CSV still holds them
+    return _per_pair(fig_dir, "accuracy_vs_wall", rows, "Accuracy vs training wall time",
+                     "no trained run with evaluations", _pairs([(r["pair"],) for r in rows]), draw,
+                     has_data=any(r["kind"] == "point" for r in rows))
 
 
 def tokens_per_step(metrics: dict, fig_dir: Path) -> list[dict]:
@@ -165,15 +181,8 @@ def tokens_per_step(metrics: dict, fig_dir: Path) -> list[dict]:
             mean, std, n = S.mean_std(acc[(pair, method)][step])
             rows.append({"pair": pair, "method": method, "step": step, "tokens_generated": mean,
                          "tokens_generated_std": std, "n_seeds": n})
-    name = "tokens_per_step"
-    _write_csv(fig_dir / f"{name}.csv", COLUMNS[name], rows)
-    title = "Tokens generated per training step"
-    if not rows:
-        _empty(fig_dir / f"{name}.png", title, "no metrics.jsonl")
-        return rows
-    pairs = _pairs([(r["pair"],) for r in rows])
-    fig, axes = _panels(pairs, title)
-    for ax, pair in zip(axes, pairs):
+
+    def draw(ax, pair):
         for method in dict.fromkeys(r["method"] for r in rows if r["pair"] == pair):
             rr = [r for r in rows if r["pair"] == pair and r["method"] == method]
             xs = [r["step"] for r in rr]
@@ -183,12 +192,9 @@ def tokens_per_step(metrics: dict, fig_dir: Path) -> list[dict]:
             if all(s is not None for s in sd):
                 ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)],
                                 color=_color(method), alpha=0.15)
-        ax.set_title(pair)
-        ax.set_xlabel("step")
-        ax.set_ylabel("tokens generated")
-        ax.legend(fontsize=8)
-    _save(fig, fig_dir / f"{name}.png")
-    return rows
+        _axes_text(ax, pair, "step", "tokens generated")
+    return _per_pair(fig_dir, "tokens_per_step", rows, "Tokens generated per training step", "no metrics.jsonl",
+                     _pairs([(r["pair"],) for r in rows]), draw)
 
 
 def probe_overlap_hist(candidates: dict, fig_dir: Path) -> list[dict]:
@@ -211,26 +217,17 @@ def probe_overlap_hist(candidates: dict, fig_dir: Path) -> list[dict]:
         for i in range(HIST_BINS):
             rows.append({"pair": pair, "bin_low": round(float(edges[i]), 6), "bin_high": round(float(edges[i + 1]), 6),
                          "continued": int(hc[i]), "stopped": int(hs[i])})
-    name = "probe_overlap_hist"
-    _write_csv(fig_dir / f"{name}.csv", COLUMNS[name], rows)
-    title = "PG-OPD probe overlap: continued vs stopped"
-    if not rows:
-        _empty(fig_dir / f"{name}.png", title, "PG-OPD was not run")
-        return rows
-    fig, axes = _panels(pairs, title)
     w = 1.0 / HIST_BINS
-    for ax, pair in zip(axes, pairs):
+
+    def draw(ax, pair):
         rr = [r for r in rows if r["pair"] == pair]
         lows = [r["bin_low"] for r in rr]
         ax.bar(lows, [r["stopped"] for r in rr], width=w, align="edge", color="tab:red", alpha=0.6, label="stopped")
         ax.bar(lows, [r["continued"] for r in rr], width=w, align="edge", color="tab:blue", alpha=0.6,
                bottom=[r["stopped"] for r in rr], label="continued")
-        ax.set_title(pair)
-        ax.set_xlabel("probe overlap")
-        ax.set_ylabel("candidates")
-        ax.legend(fontsize=8)
-    _save(fig, fig_dir / f"{name}.png")
-    return rows
+        _axes_text(ax, pair, "probe overlap", "candidates")
+    return _per_pair(fig_dir, "probe_overlap_hist", rows, "PG-OPD probe overlap: continued vs stopped",
+                     "PG-OPD was not run", pairs, draw)
 
 
 def pruneopd_truncation(candidates: dict, fig_dir: Path) -> list[dict]:
@@ -249,22 +246,15 @@ def pruneopd_truncation(candidates: dict, fig_dir: Path) -> list[dict]:
         rows += [{"pair": pair, "truncated_at": t, "count": c, "n_candidates": n} for t, c in sorted(counts.items())]
         if not counts:
             rows.append({"pair": pair, "truncated_at": None, "count": 0, "n_candidates": n})
-    name = "pruneopd_truncation"
-    _write_csv(fig_dir / f"{name}.csv", COLUMNS[name], rows)
-    title = "Prune-OPD: drift truncation points"
-    if not rows:
-        _empty(fig_dir / f"{name}.png", title, "Prune-OPD was not run")
-        return rows
-    fig, axes = _panels(pairs, title)
-    for ax, pair in zip(axes, pairs):
+
+    def draw(ax, pair):
         rr = [r for r in rows if r["pair"] == pair and r["truncated_at"] is not None]
         n = next(r["n_candidates"] for r in rows if r["pair"] == pair)
         ax.bar([r["truncated_at"] for r in rr], [r["count"] for r in rr], width=0.9, color="tab:purple")
-        ax.set_title(f"{pair}: {sum(r['count'] for r in rr)} of {n} candidates truncated")
-        ax.set_xlabel("response position of the truncation (truncated_at)")
-        ax.set_ylabel("candidates")
-    _save(fig, fig_dir / f"{name}.png")
-    return rows
+        _axes_text(ax, f"{pair}: {sum(r['count'] for r in rr)} of {n} candidates truncated",
+                   "response position of the truncation (truncated_at)", "candidates", legend=False)
+    return _per_pair(fig_dir, "pruneopd_truncation", rows, "Prune-OPD: drift truncation points",
+                     "Prune-OPD was not run", pairs, draw)
 
 
 def pruneopd_weights(candidates: dict, fig_dir: Path) -> list[dict]:
@@ -285,15 +275,8 @@ def pruneopd_weights(candidates: dict, fig_dir: Path) -> list[dict]:
                          "weight_min": mean("weight_min"), "drift_events": mean("drift_events"),
                          "truncated_frac": sum(r.get("truncated_at") is not None for r in recs) / len(recs),
                          "n_candidates": len(recs)})
-    name = "pruneopd_weights"
-    _write_csv(fig_dir / f"{name}.csv", COLUMNS[name], rows)
-    title = "Prune-OPD: reward weights and drift over training"
-    if not rows:
-        _empty(fig_dir / f"{name}.png", title, "Prune-OPD was not run")
-        return rows
-    pairs = list(acc)
-    fig, axes = _panels(pairs, title)
-    for ax, pair in zip(axes, pairs):
+
+    def draw(ax, pair):
         rr = [r for r in rows if r["pair"] == pair]
         xs = [r["step"] for r in rr]
         for key, style in (("weight_mean", "-"), ("weight_min", "--"), ("truncated_frac", ":")):
@@ -306,8 +289,8 @@ def pruneopd_weights(candidates: dict, fig_dir: Path) -> list[dict]:
         ax2.set_ylabel("drift events per candidate", color="tab:red")
         ax.set_title(pair)
         ax.legend(fontsize=8, loc="lower left")
-    _save(fig, fig_dir / f"{name}.png")
-    return rows
+    return _per_pair(fig_dir, "pruneopd_weights", rows, "Prune-OPD: reward weights and drift over training",
+                     "Prune-OPD was not run", list(acc), draw)
 
 
 def falsification_curves(fals: dict, fig_dir: Path) -> list[dict]:
