@@ -1,5 +1,7 @@
 """The chunked rollout loop: chunking changes nothing, the teacher scores each token once,
 and its incremental scores equal a full-sequence forward."""
+import time
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -84,6 +86,48 @@ def test_every_token_scored_exactly_once(student, teacher):
     assert pg.tokens_teacher_scored == pg.tokens_generated < res.tokens_generated + 1
     stopped = [c for c in pg.cands if c.stopped]
     assert stopped and all(c.length == 8 for c in stopped)
+
+
+class _SlowScorer(TeacherScorer):
+    """A teacher that sleeps ``delay`` s per call: that time must land in t_teacher_s only."""
+
+    delay = 0.02
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.calls = []
+
+    def _slow(self, name):
+        self.calls.append(name)
+        time.sleep(self.delay)
+
+    def start(self, prompts):
+        self._slow("start")
+        return super().start(prompts)
+
+    def score(self, *args):
+        self._slow("score")
+        return super().score(*args)
+
+    def select(self, idx):
+        self._slow("select")
+        return super().select(idx)
+
+
+def test_rollout_charges_student_and_teacher_time_to_their_own_clocks(student, teacher):
+    cfg = parse_dataclass(TrainConfig, {"max_new_tokens": 24, "chunk_size": 4}, "train")
+    sampler = HFSampler(student, EOS, PAD, temperature=1.0, top_p=1.0, topk=8, seed=123)
+    scorer = _SlowScorer(teacher, PAD, topk=8)
+    t0 = time.perf_counter()
+    res = rollout(sampler, scorer, make_policy("opd", cfg, seed=0), PROMPTS, n_samples=3,
+                  max_new_tokens=24, chunk_size=4, overlap_k=8)
+    wall = time.perf_counter() - t0
+    slept = _SlowScorer.delay * len(scorer.calls)
+    assert scorer.calls[0] == "start" and scorer.calls.count("score") == res.n_chunks
+    assert "select" in scorer.calls, "the test wants finished rows leaving the batch"
+    assert res.t_teacher_s >= slept                     # every teacher call, sleep included
+    assert 0 < res.t_rollout_s <= wall - slept          # the sleeps are not the student's
+    assert res.t_rollout_s + res.t_teacher_s <= wall
 
 
 def test_topk_rollout_keeps_teacher_logp_on_student_topk(student, teacher):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,16 @@ class RolloutResult:
         return sum(self.train_len(c) for c in self.cands)
 
 
+@contextmanager
+def _clock(res: "RolloutResult", attr: str):
+    """Add the seconds spent in the ``with`` block to ``res.<attr>`` (t_rollout_s / t_teacher_s)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        setattr(res, attr, getattr(res, attr) + time.perf_counter() - t0)
+
+
 def rollout(sampler, scorer, policy: Policy, prompts: list[list[int]], *, n_samples: int,
             max_new_tokens: int, chunk_size: int, overlap_k: int, loss_top_k: int = 0) -> RolloutResult:
     """Generate ``n_samples`` responses per prompt under ``policy``; see the module docstring.
@@ -59,25 +70,21 @@ def rollout(sampler, scorer, policy: Policy, prompts: list[list[int]], *, n_samp
     t_topk = [[] for _ in cands]
     res = RolloutResult(cands=cands, prompts=cand_prompts)
 
-    t0 = time.perf_counter()
-    sampler.start(cand_prompts)
-    t1 = time.perf_counter()
-    scorer.start(cand_prompts)
-    res.t_rollout_s += t1 - t0
-    res.t_teacher_s += time.perf_counter() - t1
+    with _clock(res, "t_rollout_s"):
+        sampler.start(cand_prompts)
+    with _clock(res, "t_teacher_s"):
+        scorer.start(cand_prompts)
     live = list(range(len(cands)))            # candidate id of each live row
     generated = 0
     while live and generated < max_new_tokens:
         n = policy.next_chunk(generated, max_new_tokens, chunk_size)
         if n < 1:
             raise RuntimeError(f"policy {policy.name} asked for a chunk of {n} tokens")
-        t0 = time.perf_counter()
-        ch = sampler.extend(n)
-        t1 = time.perf_counter()
-        sc = scorer.score(ch.tokens_BC, ch.valid_BC,
-                          ch.topk_ids_BCK[..., :loss_top_k] if loss_top_k else None)
-        res.t_rollout_s += t1 - t0
-        res.t_teacher_s += time.perf_counter() - t1
+        with _clock(res, "t_rollout_s"):
+            ch = sampler.extend(n)
+        with _clock(res, "t_teacher_s"):
+            sc = scorer.score(ch.tokens_BC, ch.valid_BC,
+                              ch.topk_ids_BCK[..., :loss_top_k] if loss_top_k else None)
         generated += n
         res.n_chunks += 1
         overlap_BC = topk_overlap(ch.topk_ids_BCK[..., :overlap_k], sc.topk_ids_BCK)
@@ -102,12 +109,10 @@ def rollout(sampler, scorer, policy: Policy, prompts: list[list[int]], *, n_samp
             keep = []
         if len(keep) < len(live) and keep:
             idx = torch.tensor(keep, dtype=torch.long)
-            t0 = time.perf_counter()
-            sampler.select(idx)
-            t1 = time.perf_counter()
-            scorer.select(idx)
-            res.t_rollout_s += t1 - t0
-            res.t_teacher_s += time.perf_counter() - t1
+            with _clock(res, "t_rollout_s"):
+                sampler.select(idx)
+            with _clock(res, "t_teacher_s"):
+                scorer.select(idx)
         live = [live[row] for row in keep]
     policy.finalize(cands)
     res.tokens_teacher_scored = scorer.n_scored
