@@ -3,14 +3,14 @@ and every output checked for content."""
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from wfcopy import copy_workflow
+
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 pytestmark = pytest.mark.slow
@@ -22,10 +22,7 @@ def read_jsonl(p):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("e2e")
-    for name in ("Snakefile", "workflow", "config"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / name)
+    d = copy_workflow(tmp_path_factory.mktemp("e2e"), link_package=False)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     p = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "config/test.yaml",
                         "--workflow-profile", "workflow/profiles/default"],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import types
@@ -22,6 +21,7 @@ from pgopd import workflow as W
 from pgopd.data import loaders
 from pgopd.data.loaders import HFUnavailable, records_from_dataset
 from pgopd.data.prepare import prepare_data
+from wfcopy import copy_workflow, job_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -113,12 +113,7 @@ def test_paper_config_marks_open_hyperparameters_as_our_choice():
 def wf(tmp_path_factory):
     """A copy of the workflow files and the slurm profile (the package comes from the
     installed pgopd)."""
-    d = tmp_path_factory.mktemp("paperwf")
-    shutil.copy(ROOT / "Snakefile", d / "Snakefile")
-    for sub in ("workflow", "config", "slurm"):
-        shutil.copytree(ROOT / sub, d / sub)
-    (d / "pgopd").symlink_to(ROOT / "pgopd")
-    return d
+    return copy_workflow(tmp_path_factory.mktemp("paperwf"), extra=("slurm",))
 
 
 def _snakemake(wd: Path, *args):
@@ -129,19 +124,8 @@ def _snakemake(wd: Path, *args):
     return r.returncode, r.stdout + r.stderr
 
 
-def _job_counts(out: str) -> dict[str, int]:
-    table = out.split("Job stats:", 1)[1]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
-
-
 def _check_paper_graph(out: str):
-    assert _job_counts(out) == PAPER_JOBS, out[-3000:]
+    assert job_counts(out) == PAPER_JOBS, out[-3000:]
     assert "build_toy_models" not in out and "results/models/toy" not in out
     for t in ("Qwen--Qwen3-8B", "Qwen--Qwen3-4B"):
         assert f"--out-dir results/teacher/{t} " in out

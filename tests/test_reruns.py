@@ -15,7 +15,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 from pgopd import workflow as W
 from pgopd.report.figures import FIGURES
 from pgopd.report.table import report
+from wfcopy import copy_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -74,11 +74,7 @@ def _fabricate(wd: Path, cfg) -> None:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A workflow copy in which every job of config/test.yaml has run (see module doc)."""
-    wd = tmp_path_factory.mktemp("finished")
-    shutil.copy(ROOT / "Snakefile", wd / "Snakefile")
-    shutil.copytree(ROOT / "workflow", wd / "workflow")
-    shutil.copytree(ROOT / "config", wd / "config")
-    (wd / "pgopd").symlink_to(ROOT / "pgopd")
+    wd = copy_workflow(tmp_path_factory.mktemp("finished"))
     cfg = W.load_config(yaml.safe_load((ROOT / "config/test.yaml").read_text()))
     # every output of the DAG as Snakemake lists it (runs while the fabrication below does)
     listing = subprocess.Popen([str(SNAKEMAKE), "--configfile", "config/test.yaml", "--cores", "1", "--summary"],

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from pgopd import config as C
 from pgopd import workflow as W
 from pgopd.report.table import report
+from wfcopy import copy_workflow, job_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -148,12 +148,7 @@ def test_train_params_are_per_method_slices():
 @pytest.fixture(scope="module")
 def wf(tmp_path_factory):
     """A copy of the workflow files (the package comes from the installed pgopd)."""
-    d = tmp_path_factory.mktemp("wf")
-    shutil.copy(ROOT / "Snakefile", d / "Snakefile")
-    shutil.copytree(ROOT / "workflow", d / "workflow")
-    shutil.copytree(ROOT / "config", d / "config")
-    (d / "pgopd").symlink_to(ROOT / "pgopd")
-    return d
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
 
 
 def _snakemake(wd: Path, *args):
@@ -162,22 +157,11 @@ def _snakemake(wd: Path, *args):
                           capture_output=True, text=True, timeout=120)
 
 
-def _job_counts(out: str) -> dict[str, int]:
-    table = out.split("Job stats:", 1)[1]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
-
-
 def test_dry_run_default_lists_the_expected_jobs(wf):
     r = _snakemake(wf, "-p")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    assert _job_counts(out) == {"prepare_data": 1, "build_toy_models": 2, "cache_teacher": 1,
+    assert job_counts(out) == {"prepare_data": 1, "build_toy_models": 2, "cache_teacher": 1,
                                 "train": 6, "evaluate": 8, "report": 1, "all": 1, "total": 20}
     assert "pgopd train --params '{" in out and "--method pgopd --seed 0" in out
     assert "--teacher-cache results/teacher/toy" in out
@@ -194,7 +178,7 @@ def test_dry_run_configfile_replaces_default_and_controls(wf, tmp_path):
     assert r.returncode == 0, out
     # the default `toy` pair is not merged in: 1 pair x 7 methods x 2 seeds; only the toy
     # student is built (the teacher is a hub model)
-    assert _job_counts(out) == {"prepare_data": 1, "build_toy_models": 1, "cache_teacher": 1,
+    assert job_counts(out) == {"prepare_data": 1, "build_toy_models": 1, "cache_teacher": 1,
                                 "train": 14, "evaluate": 2 + 14, "report": 1, "all": 1,
                                 "total": 35}
     assert "results/eval/toy/" not in out
