@@ -15,18 +15,14 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from tiny import save_tiny_model
-import torch
+from tiny import make_train_dir
 from safetensors.torch import load_file
 
 from pgopd import workflow as W
-from pgopd.config import ConfigError, DataConfig, parse_dataclass
-from pgopd.data.prepare import prepare_data
-from pgopd.models.tokenizer import build_char_tokenizer
+from pgopd.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -63,12 +59,7 @@ def runs(tmp_path_factory):
     """The same PG-OPD run with 1 process and with 2 (torchrun, ZeRO-2), started together
     (each is mostly start-up time)."""
     d = tmp_path_factory.mktemp("dist")
-    tok = build_char_tokenizer()
-    save_tiny_model(tok, 2, 0, d / "teacher")
-    save_tiny_model(tok, 1, 1, d / "student")
-    prepare_data(parse_dataclass(DataConfig, {"synthetic": {"n_train": 40}, "benchmarks": {
-        "easy": {"n": 4, "ops": 1}}}, "data"), d / "data")
-    (d / "cache").mkdir()
+    make_train_dir(d)
     procs = {}
     for name, (resources, extra) in RUNS.items():
         cmd = _command(d, d / name, resources, extra)

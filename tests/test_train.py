@@ -6,16 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from tiny import save_tiny_model
+from tiny import make_train_dir, save_tiny_model
 import torch
 from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM
 
-from pgopd.config import DataConfig, parse_dataclass
-from pgopd.data.prepare import prepare_data
 from pgopd.models.tokenizer import build_char_tokenizer
 
 PGOPD = [sys.executable, "-m", "pgopd.cli"]
@@ -24,14 +21,7 @@ TIMING = {"t_rollout_s", "t_teacher_s", "t_update_s"}
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("train")
-    tok = build_char_tokenizer()
-    save_tiny_model(tok, 2, 0, d / "teacher")
-    save_tiny_model(tok, 1, 1, d / "student")
-    prepare_data(parse_dataclass(DataConfig, {"synthetic": {"n_train": 40}, "benchmarks": {
-        "easy": {"n": 4, "ops": 1}}}, "data"), d / "data")
-    (d / "cache").mkdir()
-    return d
+    return make_train_dir(tmp_path_factory.mktemp("train"))
 
 
 def cmd(d, out, method="opd", **params):
