@@ -215,7 +215,7 @@ class RunState:
     totals: dict = field(default_factory=lambda: {k: 0 for k in (
         "gen", "scored", "trained", "cands", "continued", "decided")})
     wall_s: float = 0.0               # training wall time before this process
-    policy: object = None             # the allocation policy (random_prune keeps an RNG)
+    policy: object = None             # the allocation policy
     metrics_lines: int = 0            # lines of metrics.jsonl.tmp that belong to steps < step
     candidates_lines: int = 0
 
@@ -401,6 +401,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
             sampler = HFSampler(engine.module, eos_id, pad_id, cfg.temperature, cfg.top_p, topk=topk,
                                 seed=seed * 1_000_003 + step,
                                 row_offset=dist.rank * per_rank * cfg.n_samples, n_global=n_rows)
+        policy.begin_step(step, group_offset=dist.rank * per_rank)
         res = rollout(sampler, scorer, policy, [prompt_ids[i] for i in idx], n_samples=cfg.n_samples,
                       max_new_tokens=cfg.max_new_tokens, chunk_size=cfg.chunk_size,
                       overlap_k=cfg.overlap_k, loss_top_k=cfg.loss_top_k)

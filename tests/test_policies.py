@@ -304,6 +304,22 @@ def test_random_prune_rate_and_seed_reproducibility():
     assert cont != [c.cid for c in random_prune_run(0.3, seed=2) if c.info["continued"]]
 
 
+def test_random_prune_split_over_processes_continues_the_same_candidates():
+    """8 groups of 4 on one process == groups 0-3 on rank 0 and 4-7 on rank 1 (local group
+    and cid numbering restart on each rank, as in the training loop)."""
+    def continued(groups, group_offset, step=5):
+        pol = make_policy("random_prune", train_cfg(random_continue_rate=0.4), seed=7)
+        pol.begin_step(step, group_offset=group_offset)
+        cands, _ = drive(pol, [const(0.5)] * (4 * groups), groups=[i // 4 for i in range(4 * groups)])
+        return [c.info["continued"] for c in cands]
+
+    one = continued(8, 0)
+    assert continued(4, 0) + continued(4, 4) == one
+    assert 0 < sum(one) < len(one)
+    assert continued(4, 4) != continued(4, 0), "a rank's groups must not repeat another rank's draws"
+    assert continued(8, 0, step=6) != one, "each step draws anew"
+
+
 def test_random_prune_integral_rate_gives_exact_counts_per_group():
     a = random_prune_run(0.5, seed=3, n_groups=20)
     per_group = {}

@@ -7,9 +7,10 @@ the continuing subset ignores the overlap, so a PG-OPD gain over this control is
 Count rule: in each prompt group with ``n`` live candidates at the decision,
 ``floor(rate * n + u)`` continue (``u ~ U[0,1)``: stochastic rounding, so the expected
 count is exactly ``rate * n`` and ``rate * n`` integral gives exactly that many), chosen
-uniformly without replacement.  The generator is ``random.Random(seed)`` owned by the
-policy; groups are visited in order and candidates sorted by cid, so a run is reproducible
-under its seed.
+uniformly without replacement (by position among the group's candidates sorted by cid).
+Each group draws from its own generator keyed on (seed, training step, *global* group index,
+see ``Policy.begin_step``): a run is reproducible under its seed, and a batch split over N
+processes continues the same candidates as on one process.
 """
 from __future__ import annotations
 
@@ -29,10 +30,15 @@ class RandomPrunePolicy(PGOPDPolicy):
         if not 0.0 <= continue_rate <= 1.0:
             raise ValueError(f"continue_rate must be in [0, 1], got {continue_rate}")
         self.continue_rate = continue_rate
-        self.rng = random.Random(seed)
+        self.seed, self.step, self.group_offset = seed, 0, 0
+
+    def begin_step(self, step: int, group_offset: int = 0) -> None:
+        self.step, self.group_offset = step, group_offset
 
     def select(self, cands: list[Candidate], probes: dict) -> set:
+        # a str seed is hashed with SHA-512: stable across processes and Python runs
+        rng = random.Random(f"random_prune:{self.seed}:{self.step}:{self.group_offset + cands[0].group}")
         n = len(cands)
-        n_keep = min(n, int(math.floor(self.continue_rate * n + self.rng.random())))
+        n_keep = min(n, int(math.floor(self.continue_rate * n + rng.random())))
         cids = sorted(c.cid for c in cands)
-        return set(self.rng.sample(cids, n_keep))
+        return set(rng.sample(cids, n_keep))

@@ -52,6 +52,12 @@ class Policy:
 
     name = "base"
 
+    def begin_step(self, step: int, group_offset: int = 0) -> None:
+        """Called before each step's rollout with the training step and the global index of
+        this process's first prompt group (its local group ``g`` is global group
+        ``group_offset + g``).  Policies that draw random numbers key them on these, so a
+        batch split over N processes makes the same draws as one process."""
+
     def next_chunk(self, generated: int, max_new_tokens: int, chunk_size: int) -> int:
         return min(chunk_size, max_new_tokens - generated)
 
