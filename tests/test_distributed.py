@@ -35,13 +35,16 @@ RUNS = {
     "one": ({}, {}),
     "torchrun2_zero2": ({"gpu": 2, "cpus_per_task": 2}, {"zero_stage": 2}),
 }
+# method -> extra train params: PG-OPD, and the random_prune control, whose draws must not
+# depend on how the batch is split over processes
+METHODS = {"pgopd": {}, "random_prune": {"controls": {"random_continue_rate": 0.5}}}
 FLOAT_FIELDS = {"reward_prefix", "reward_suffix", "overlap_mean", "weight_mean", "weight_min"}
 
 
-def _command(d: Path, out: Path, resources: dict, extra: dict) -> str:
+def _command(d: Path, out: Path, resources: dict, extra: dict, method: str = "pgopd") -> str:
     """The train rule's command line (launch prefix from the workflow helper + stage args)."""
     cfg = W.load_config({"resources": {"train": resources}})
-    args = ["train", "--params", json.dumps({**PARAMS, **extra}), "--method", "pgopd", "--seed", "3",
+    args = ["train", "--params", json.dumps({**PARAMS, **extra}), "--method", method, "--seed", "3",
             "--teacher", str(d / "teacher"), "--student", str(d / "student"),
             "--train-data", str(d / "data/train.jsonl"), "--teacher-cache", str(d / "cache"),
             "--out-dir", str(out)]
@@ -56,20 +59,21 @@ def _env() -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same PG-OPD run with 1 process and with 2 (torchrun, ZeRO-2), started together
+    """Each of METHODS run with 1 process and with 2 (torchrun, ZeRO-2), all started together
     (each is mostly start-up time)."""
     d = tmp_path_factory.mktemp("dist")
     make_train_dir(d)
     procs = {}
-    for name, (resources, extra) in RUNS.items():
-        cmd = _command(d, d / name, resources, extra)
-        procs[name] = (cmd, subprocess.Popen(["bash", "-c", cmd], env=_env(), stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True))
+    for method, method_extra in METHODS.items():
+        for name, (resources, extra) in RUNS.items():
+            cmd = _command(d, d / method / name, resources, {**extra, **method_extra}, method)
+            procs[method, name] = (cmd, subprocess.Popen(["bash", "-c", cmd], env=_env(), stdout=subprocess.PIPE,
+                                                         stderr=subprocess.STDOUT, text=True))
     out = {}
-    for name, (cmd, p) in procs.items():
-        log = p.communicate(timeout=240)[0]
-        assert p.returncode == 0, f"{name}: {cmd}\n{log[-4000:]}"
-        out[name] = d / name
+    for key, (cmd, p) in procs.items():
+        log = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, f"{key}: {cmd}\n{log[-4000:]}"
+        out[key] = d / key[0] / key[1]
     out["student"] = d / "student"
     yield out
     shutil.rmtree(d, ignore_errors=True)
@@ -79,8 +83,9 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one(runs):
-    one, two = runs["one"], runs["torchrun2_zero2"]
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_match_one(runs, method):
+    one, two = runs[method, "one"], runs[method, "torchrun2_zero2"]
     m1, m2 = _metrics(one), _metrics(two)
     assert len(m1) == len(m2) == STEPS
     for a, b in zip(m1, m2):
