@@ -66,14 +66,15 @@ def runs(tmp_path_factory):
     procs = {}
     for method, method_extra in METHODS.items():
         for name, (resources, extra) in RUNS.items():
-            cmd = _command(d, d / method / name, resources, {**extra, **method_extra}, method)
-            procs[method, name] = (cmd, subprocess.Popen(["bash", "-c", cmd], env=_env(), stdout=subprocess.PIPE,
-                                                         stderr=subprocess.STDOUT, text=True))
+            run_dir = d / method / name
+            cmd = _command(d, run_dir, resources, {**extra, **method_extra}, method)
+            procs[method, name] = (cmd, run_dir, subprocess.Popen(
+                ["bash", "-c", cmd], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     out = {}
-    for key, (cmd, p) in procs.items():
+    for key, (cmd, run_dir, p) in procs.items():
         log = p.communicate(timeout=300)[0]
         assert p.returncode == 0, f"{key}: {cmd}\n{log[-4000:]}"
-        out[key] = d / key[0] / key[1]
+        out[key] = run_dir
     out["student"] = d / "student"
     yield out
     shutil.rmtree(d, ignore_errors=True)
