@@ -118,6 +118,8 @@ class ToyModelConfig:
     train_steps: int = opt(700, "supervised steps on worked solutions", min=0)
     batch_size: int = opt(64, "sequences per step", min=1)
     lr: float = opt(3e-3, "peak learning rate (one-cycle)", min=0.0)
+    final_lr_fraction: float = opt(0.01, "learning rate at the last step as a fraction of lr (cosine decay; "
+                                         "1 = no decay): a student left un-annealed keeps room to learn", min=0.0, max=1.0)
     seed: int = opt(0, "init and data-order seed", min=0)
 
 
@@ -125,7 +127,7 @@ class ToyModelConfig:
 class ToyModelsConfig:
     teacher: ToyModelConfig = sub(ToyModelConfig, "toy teacher")
     student: ToyModelConfig = opt(ToyModelConfig(n_layers=2, d_model=64, n_heads=2, train_steps=1000,
-                                                 batch_size=64, lr=3e-3, seed=1),
+                                                 batch_size=64, lr=3e-3, final_lr_fraction=0.33, seed=1),
                                   "toy student (smaller, shorter warm start: clearly weaker)")
 
 
@@ -213,7 +215,7 @@ class TrainConfig:
     overlap_k: int = opt(8, "k of the top-k overlap", min=1)
     loss_top_k: int = opt(8, "0: reward on the sampled token (PG); k>0: reverse KL over the student's top-k",
                           min=0)
-    lr: float = opt(5e-5, "learning rate (constant after warmup)", min=0.0)
+    lr: float = opt(1e-4, "learning rate (constant after warmup)", min=0.0)
     warmup_steps: int = opt(0, "linear warmup steps", min=0)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
     grad_clip: float = opt(1.0, "gradient norm clip (0 = off)", min=0.0)
