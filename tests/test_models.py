@@ -163,7 +163,8 @@ def test_train_records_need_solutions(tmp_path):
 # ----------------------------------------------------------------------------- toy build
 TINY = ToyModelsConfig(
     teacher=ToyModelConfig(n_layers=2, d_model=32, n_heads=1, train_steps=60, batch_size=32, lr=1e-2, seed=0),
-    student=ToyModelConfig(n_layers=1, d_model=32, n_heads=1, train_steps=10, batch_size=32, lr=1e-2, seed=1),
+    student=ToyModelConfig(n_layers=1, d_model=32, n_heads=1, train_steps=10, batch_size=32, lr=1e-2,
+                           final_lr_fraction=0.5, seed=1),
 )
 
 
@@ -190,11 +191,16 @@ def test_build_writes_loadable_models_and_report(built):
         assert stats["final_loss"] < stats["initial_loss"]
         assert stats["params"] > 0 and stats["train_seconds"] > 0
         assert set(stats["accuracy"]) == {"ops1", "ops2", "ops3"}
+        # the last step ran at the schedule's end point: annealed teacher, un-annealed student
+        mcfg = getattr(TINY, name)
+        end = toy.one_cycle(mcfg.train_steps, final=mcfg.final_lr_fraction)(mcfg.train_steps - 1)
+        assert stats["last_lr"] == pytest.approx(mcfg.lr * end)
         model = load_model(str(out / name))
         assert not model.training and model.config.tie_word_embeddings
         assert sum(p.numel() for p in model.parameters()) == stats["params"]
         check_tokenizers_compatible(load_tokenizer(str(out / name)), build_char_tokenizer())
     assert on_disk["teacher"]["final_loss"] < on_disk["student"]["final_loss"]
+    assert on_disk["student"]["last_lr"] > 0.4 * TINY.student.lr > 10 * on_disk["teacher"]["last_lr"]
 
 
 def test_build_one_role_leaves_the_other_alone(built, tmp_path):
