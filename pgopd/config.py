@@ -413,7 +413,7 @@ def _cross_checks(obj, prefix):
         raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: {msg}")
 
     if isinstance(obj, SyntheticConfig) and obj.min_ops > obj.max_ops:
-        err("min_ops", f"{obj.min_ops} is larger than max_ops ({obj.max_ops})")
+        err("min_ops", f"{_r(obj.min_ops)} is larger than max_ops ({_r(obj.max_ops)})")
     if isinstance(obj, BenchmarkConfig) and obj.source == "file" and not obj.path:
         err("path", "a benchmark with source: file needs a path")
     if isinstance(obj, TrainDataConfig) and obj.source == "file" and not obj.path:
@@ -425,20 +425,20 @@ def _cross_checks(obj, prefix):
             err("launcher", "the deepspeed launcher needs a hostfile and ssh across nodes; with "
                 "nodes > 1 use launcher: torchrun (or auto)")
         if obj.launcher == "none" and obj.nodes > 1:
-            err("launcher", f"none starts one process, which cannot use nodes: {obj.nodes}")
+            err("launcher", f"none starts one process, which cannot use nodes: {_r(obj.nodes)}")
     if isinstance(obj, ToyModelConfig) and obj.d_model % obj.n_heads:
-        err("n_heads", f"d_model ({obj.d_model}) must be divisible by n_heads ({obj.n_heads})")
+        err("n_heads", f"d_model ({_r(obj.d_model)}) must be divisible by n_heads ({_r(obj.n_heads)})")
     if isinstance(obj, PGOPDConfig):
         if obj.probe_end > obj.prefix_len:
-            err("probe_end", f"{obj.probe_end} is beyond prefix_len ({obj.prefix_len})")
+            err("probe_end", f"{_r(obj.probe_end)} is beyond prefix_len ({_r(obj.prefix_len)})")
         if obj.probe_start >= obj.probe_end:
-            err("probe_start", f"{obj.probe_start} must be below probe_end ({obj.probe_end})")
+            err("probe_start", f"{_r(obj.probe_start)} must be below probe_end ({_r(obj.probe_end)})")
     if isinstance(obj, PruneOPDConfig) and obj.truncate_threshold > obj.drift_threshold:
-        err("truncate_threshold", f"{obj.truncate_threshold} must not exceed drift_threshold "
-            f"({obj.drift_threshold})")
+        err("truncate_threshold", f"{_r(obj.truncate_threshold)} must not exceed drift_threshold "
+            f"({_r(obj.drift_threshold)})")
     if isinstance(obj, TrainConfig):
         if obj.pgopd.prefix_len > obj.max_new_tokens:
-            err("pgopd.prefix_len", f"{obj.pgopd.prefix_len} exceeds max_new_tokens ({obj.max_new_tokens})")
+            err("pgopd.prefix_len", f"{_r(obj.pgopd.prefix_len)} exceeds max_new_tokens ({_r(obj.max_new_tokens)})")
 
 
 def parse(raw: dict) -> Config:

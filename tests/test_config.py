@@ -19,3 +19,10 @@ def test_partial_override_keeps_the_fields_own_default():
 def test_error_names_the_nested_key():
     with pytest.raises(ConfigError, match=r"^toy_models\.student\.d_model: expected an integer"):
         parse({"toy_models": {"student": {"d_model": "big"}}})
+
+
+def test_cross_check_message_survives_an_int_too_large_to_print():
+    # 10**5000 passes d_model's range check; the divisibility message must still be a
+    # ConfigError naming the key (found by test_fuzz: Python refuses to print such an int)
+    with pytest.raises(ConfigError, match=r"^toy_models\.student\.n_heads: d_model \(<int too large"):
+        parse({"toy_models": {"student": {"d_model": 10 ** 5000, "n_heads": 3}}})
