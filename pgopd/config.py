@@ -510,16 +510,22 @@ def _schema_for(tp, meta, item_type=None) -> dict:
     return s
 
 
-def describe(cls, prefix: str = "") -> list[str]:
-    """One line per option: ``key (default): help`` — used in ``pgopd <stage> --help``."""
+def describe(cls, prefix: str = "", defaults=None) -> list[str]:
+    """One line per option: ``key (default): help`` — used in ``pgopd <stage> --help``.
+
+    Defaults are read off ``defaults`` (an instance; ``cls()`` if None), so a nested block
+    whose owner overrides its class defaults (``toy_models.student``) shows its own values.
+    """
+    defaults = cls() if defaults is None else defaults
     lines = []
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = _field_types(cls)[f.name]
+        default = getattr(defaults, f.name)
         if dataclasses.is_dataclass(tp):
-            lines += describe(tp, key)
+            lines += describe(tp, key, default)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = to_dict(default)
         extra = ""
         if "choices" in f.metadata:
             extra = f" [{' | '.join(map(str, f.metadata['choices']))}]"

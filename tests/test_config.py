@@ -1,7 +1,7 @@
 """Typed config: partial overrides keep the field's own defaults; errors name the key."""
 import pytest
 
-from pgopd.config import ConfigError, ToyModelsConfig, parse, parse_dataclass
+from pgopd.config import ConfigError, ToyModelsConfig, describe, parse, parse_dataclass, to_dict
 
 
 def test_partial_override_keeps_the_fields_own_default():
@@ -26,3 +26,13 @@ def test_cross_check_message_survives_an_int_too_large_to_print():
     # ConfigError naming the key (found by test_fuzz: Python refuses to print such an int)
     with pytest.raises(ConfigError, match=r"^toy_models\.student\.n_heads: d_model \(<int too large"):
         parse({"toy_models": {"student": {"d_model": 10 ** 5000, "n_heads": 3}}})
+
+
+def test_help_shows_each_blocks_own_defaults():
+    # toy_models.student overrides its class's defaults; `pgopd build-toy-models --help` must
+    # show the student's values (it showed the teacher-sized class defaults before)
+    lines = {ln.split(" (default ")[0].strip(): ln for ln in describe(ToyModelsConfig, "toy_models")}
+    student = to_dict(ToyModelsConfig().student)
+    for name in ("n_layers", "d_model", "train_steps", "final_lr_fraction", "seed"):
+        assert f"(default {student[name]})" in lines[f"toy_models.student.{name}"]
+    assert "(default 4)" in lines["toy_models.teacher.n_layers"] and student["n_layers"] == 2
