@@ -15,6 +15,8 @@ from pgopd.data.loaders import write_jsonl
 from pgopd.evaluate import evaluate, evaluate_one
 from pgopd.models.tokenizer import build_char_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N_PROBLEMS, K = 7, 2
 PARAMS = {"k": K, "batch_size": 4, "max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "seed": 5}
 MODEL = "tiny"
@@ -40,15 +42,6 @@ def model(tok):
     with torch.no_grad():  # EOS likely enough that responses differ in length
         m.lm_head.weight[tok.eos_token_id] *= 0
     return m
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: several threads only fight over the shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module", autouse=True)

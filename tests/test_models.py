@@ -16,14 +16,7 @@ from pgopd.models.tokenizer import build_char_tokenizer
 
 SOLUTION = r"17+38=55. 55-9=46. \boxed{46}"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one torch thread is fastest and robust to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
