@@ -105,7 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes the figures (<name>.png) and their data (<name>.csv)")
 
     p = sub.add_parser("schema", help="Print the JSON schema of the whole config (workflow/schemas/).")
+
+    p = sub.add_parser("plan", help="The memory plan: GiB per GPU of each phase of a training step "
+                       "(rollout, teacher scoring, update, optimizer step) against resources.train.gpu_mem_gb; "
+                       "exits 1 naming the knobs to change when a phase does not fit.")
+    p.add_argument("--configfile", required=True, type=Path, help="the workflow config (YAML)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--reserve-gb", type=float, default=3.0,
+                   help="GiB kept for the CUDA context, NCCL and fragmentation (default 3)")
     return ap
+
+
+def _plan(args) -> int:
+    from . import memplan
+
+    try:
+        plans = memplan.plan_config(C.load(args.configfile), reserve_gib=args.reserve_gb)
+    except (C.ConfigError, OSError) as e:
+        print(f"pgopd plan: config error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([p.to_json() for p in plans], indent=2))
+    else:
+        print("\n\n".join(p.table() for p in plans))
+    problems = [line for p in plans for line in p.problems()]
+    for line in problems:
+        print(f"pgopd plan: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def main(argv=None) -> int:
@@ -116,6 +142,8 @@ def main(argv=None) -> int:
     if args.stage == "schema":
         print(json.dumps(C.json_schema(), indent=2))
         return 0
+    if args.stage == "plan":
+        return _plan(args)
     if hasattr(args, "_cls"):
         try:
             args.cfg = _params(args._cls, args._prefix)(args.params)

@@ -261,12 +261,20 @@ class RuleResources:
 
 
 @dataclass
+class TrainResources(RuleResources):
+    """The train rule's resources, plus what the memory plan (``pgopd plan``) checks against."""
+    gpu_mem_gb: float = opt(80.0, "memory of one GPU in GiB: the budget of the memory plan, checked "
+                            "when the workflow loads if gpu > 0 (`pgopd plan` prints it)", min=1.0)
+    plan_prompt_tokens: int = opt(1024, "longest prompt (tokens) the memory plan assumes", min=1)
+
+
+@dataclass
 class ResourcesConfig:
     """Per-rule resources; cluster-specific values (partition, account) live in the profile."""
     prepare_data: RuleResources = sub(RuleResources, "prepare_data jobs")
     build_toy_models: RuleResources = opt(RuleResources(cpus_per_task=2), "build_toy_models jobs (one per role)")
     cache_teacher: RuleResources = sub(RuleResources, "cache_teacher jobs")
-    train: RuleResources = sub(RuleResources, "train jobs")
+    train: TrainResources = sub(TrainResources, "train jobs")
     evaluate: RuleResources = sub(RuleResources, "evaluate jobs")
     report: RuleResources = sub(RuleResources, "report job")
 
