@@ -213,8 +213,14 @@ class TrainConfig:
     temperature: float = opt(1.0, "rollout sampling temperature", min=0.0)
     top_p: float = opt(1.0, "rollout nucleus mass", min=0.0, max=1.0)
     overlap_k: int = opt(8, "k of the top-k overlap", min=1)
-    loss_top_k: int = opt(8, "0: reward on the sampled token (PG); k>0: reverse KL over the student's top-k",
-                          min=0)
+    loss: str = opt("topk_renorm", "OPD loss. sampled: REINFORCE on the sampled token with reward "
+                    "log p_T - log p_S; topk_renorm: reverse KL with both distributions renormalised "
+                    "over the student's top-k (no gradient on logits outside it); topk_recipe: the "
+                    "OPD recipe's top-k objective, advantage p_S(x)(log p_T(x) - log p_S(x)) at each "
+                    "student top-k token x with full-vocabulary log-probs",
+                    choices=("sampled", "topk_renorm", "topk_recipe"))
+    loss_top_k: int = opt(8, "k of the top-k losses (topk_renorm / topk_recipe); unused by loss: sampled",
+                          min=1)
     lr: float = opt(1e-4, "learning rate (constant after warmup)", min=0.0)
     warmup_steps: int = opt(0, "linear warmup steps", min=0)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
@@ -222,6 +228,17 @@ class TrainConfig:
     zero_stage: int = opt(0, "DeepSpeed ZeRO stage", min=0, max=3)
     bf16: bool = opt(False, "bf16 training (DeepSpeed)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward")
+    max_tokens_per_micro_batch: int = opt(0, "update micro-batches hold at most this many prompt+response "
+                                          "tokens (sequences packed by length, a longer one goes alone; "
+                                          "gradients accumulate, one optimizer step); 0 = one micro-batch",
+                                          min=0)
+    logprob_chunk_tokens: int = opt(1024, "positions per chunk when computing log-probs from the LM head "
+                                    "(student update and teacher scoring): extra memory ~ chunk x vocab",
+                                    min=1)
+    max_live_rows: int = opt(0, "rollout in groups of at most this many rows (whole prompt groups) to "
+                             "bound the student's and teacher's KV caches; 0 = all of a rank's rows at once",
+                             min=0)
+    teacher_offload: bool = opt(False, "move the teacher to CPU during the update and back before the rollout")
     select_solved: bool = opt(False, "keep only prompts the teacher solved in the cache")
     cold_start_steps: int = opt(0, "off-policy SFT steps on cached teacher samples before OPD", min=0)
     save_every: int = opt(0, "checkpoint every N steps (0 = only at the end)", min=0)

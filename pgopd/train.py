@@ -390,7 +390,8 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
         idx_all = prompts.next(cfg.prompts_per_step)
         idx = idx_all[dist.rank * per_rank:(dist.rank + 1) * per_rank]
         engine.module.eval()
-        topk = max(cfg.overlap_k, cfg.loss_top_k)
+        loss_k = 0 if cfg.loss == "sampled" else cfg.loss_top_k
+        topk = max(cfg.overlap_k, loss_k)
         if vllm_engine is not None:
             from .rollout.vllm_backend import VLLMSampler
 
@@ -404,7 +405,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
         policy.begin_step(step, group_offset=dist.rank * per_rank)
         res = rollout(sampler, scorer, policy, [prompt_ids[i] for i in idx], n_samples=cfg.n_samples,
                       max_new_tokens=cfg.max_new_tokens, chunk_size=cfg.chunk_size,
-                      overlap_k=cfg.overlap_k, loss_top_k=cfg.loss_top_k)
+                      overlap_k=cfg.overlap_k, loss_top_k=loss_k)
         if vllm_engine is not None:
             vllm_engine.sleep()  # colocated: free the GPUs for the update (no-op otherwise)
         m = _update(engine, res, cfg, pad_id, dist, state, step, out_dir)
@@ -490,7 +491,7 @@ def _update(engine, res: RolloutResult, cfg: TrainConfig, pad_id: int, dist: "_D
     (n_global,) = dist.sum(n_local)
     stats, loss_val, ok = {}, 0.0, True
     if batch is not None:
-        loss, stats = opd_loss_on_batch(engine, batch, cfg.loss_top_k)
+        loss, stats = opd_loss_on_batch(engine, batch, 0 if cfg.loss == "sampled" else cfg.loss_top_k)
         # token-mean over the *global* batch: DeepSpeed averages gradients over ranks, so each
         # rank's token-mean is rescaled by its share of the tokens
         scale = n_local * dist.world / n_global if n_global else 0.0

@@ -27,7 +27,7 @@ from pgopd.config import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
 PARAMS = {"steps": STEPS, "prompts_per_step": 4, "n_samples": 2, "max_new_tokens": 12, "chunk_size": 4,
-          "lr": 0.01, "loss_top_k": 0, "pgopd": {"prefix_len": 4, "probe_end": 4}}
+          "lr": 0.01, "loss": "sampled", "pgopd": {"prefix_len": 4, "probe_end": 4}}
 # name -> (resources.train, extra train params); "one" is the reference
 # (ZeRO-2 with 2 processes, as config/paper.yaml trains; the deepspeed launcher
 # (`launcher: deepspeed`) gave the same numbers when tried, left out to keep the test short)

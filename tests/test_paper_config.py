@@ -55,7 +55,7 @@ def test_paper_config_parses():
     assert len(cfg.seeds) == SEEDS and cfg.train.methods == ["opd", "pgopd", "pruneopd"]
     t = cfg.train
     assert (t.n_samples, t.max_new_tokens, t.lr, t.bf16, t.backend) == (4, 7168, 1e-6, True, "vllm")
-    assert t.loss_top_k == 0 and t.temperature == 1.0
+    assert (t.loss, t.loss_top_k) == ("topk_recipe", 16) and t.temperature == 1.0
     e = cfg.eval
     assert (e.k, e.temperature, e.top_p, e.backend) == (16, 0.7, 0.95, "vllm")
     assert cfg.data.train.source == "hf" and "DAPO-Math-17k" in cfg.data.train.hf_name
