@@ -218,11 +218,10 @@ def inputs_from_config(cfg: Config, pair: str, reserve_gib: float = 3.0) -> Plan
         rows=math.ceil(t.prompts_per_step / world) * t.n_samples,
         prompt_tokens=cfg.resources.train.plan_prompt_tokens, max_new_tokens=t.max_new_tokens,
         budget_gib=cfg.resources.train.gpu_mem_gb, world=world, rollout_chunk=t.chunk_size,
-        micro_tokens=getattr(t, "max_tokens_per_micro_batch", 0),
-        logprob_chunk=getattr(t, "logprob_chunk_tokens", 0),
-        live_rows=getattr(t, "max_live_rows", 0), zero_stage=t.zero_stage, dtype_bytes=db,
+        micro_tokens=t.max_tokens_per_micro_batch, logprob_chunk=t.logprob_chunk_tokens,
+        live_rows=t.max_live_rows, zero_stage=t.zero_stage, dtype_bytes=db,
         teacher_dtype_bytes=db, gradient_checkpointing=t.gradient_checkpointing,
-        teacher_offload=getattr(t, "teacher_offload", False), backend=t.backend,
+        teacher_offload=t.teacher_offload, backend=t.backend,
         vllm_mode=t.vllm.mode, vllm_util=t.vllm.gpu_memory_utilization, reserve_gib=reserve_gib)
 
 
@@ -299,10 +298,10 @@ def _rollout_terms(x: PlanInputs, scoring: bool) -> list[Term]:
             out.append(Term("sampler logits", L * V * max(x.prompt_tokens * x.dtype_bytes, x.dtype_bytes + 16),
                             ("train.max_live_rows",), f"{L} rows x {x.prompt_tokens} prompt positions"))
     if scoring:
-        tb = x.teacher_dtype_bytes
-        per_pos = max(x.prompt_tokens * tb, x.rollout_chunk * (tb + 12))  # prefill | one scored chunk
-        out.append(Term("teacher logits", L * t.vocab * per_pos, ("train.max_live_rows", "train.chunk_size"),
-                        f"{L} rows x max(prefill {x.prompt_tokens}, chunk {x.rollout_chunk}) positions"))
+        # the LM head runs over at most logprob_chunk of the chunk's live positions at a time
+        n = min(L * x.rollout_chunk, x.logprob_chunk or L * x.rollout_chunk)
+        out.append(Term("teacher logits", n * t.vocab * (x.teacher_dtype_bytes + 12),
+                        ("train.logprob_chunk_tokens", "train.max_live_rows"), f"{n} positions at a time"))
     return out
 
 
@@ -377,6 +376,20 @@ class Plan:
                        f"change {', '.join(knobs) or 'resources.train.gpu_mem_gb'}")
         return out
 
+    def warnings(self) -> list[str]:
+        """Not fatal: vLLM preempts and recomputes (slowly) when the live rows' KV does not fit."""
+        x = self.inputs
+        if x.backend != "vllm":
+            return []
+        util = 0.9 if x.vllm_util is None else x.vllm_util
+        room = util * x.budget_gib * GIB - x.dtype_bytes * x.student.params - GIB  # ~1 GiB: graphs, buffers
+        need = x.live * x.seq_len * x.student.kv_bytes_per_token(x.dtype_bytes)
+        if room >= need:
+            return []
+        return [f"pair {self.pair}: the vLLM reservation leaves {max(room, 0) / GIB:.1f} GiB for KV, the "
+                f"{x.live} live rows need {need / GIB:.1f} GiB (vLLM will preempt and recompute); raise "
+                f"train.vllm.gpu_memory_utilization or lower train.max_live_rows"]
+
     def to_json(self) -> dict:
         return {"pair": self.pair, "fits": self.fits, "budget_gib": self.inputs.budget_gib,
                 "inputs": {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
@@ -385,7 +398,7 @@ class Plan:
                 "phases": [{"phase": p.name, "gib": round(p.gib, 3), "fits": p.bytes <= self.budget_bytes,
                             "terms": [{"term": t.name, "gib": round(t.gib, 3), "knobs": list(t.knobs),
                                        "note": t.note} for t in p.terms]} for p in self.phases],
-                "problems": self.problems()}
+                "problems": self.problems(), "warnings": self.warnings()}
 
     def table(self) -> str:
         x = self.inputs
@@ -398,6 +411,7 @@ class Plan:
                 lines.append(f"  {p.name:<8} {t.name:<32} {t.gib:8.2f}  {t.note}")
             verdict = "ok" if p.bytes <= self.budget_bytes else "OVER"
             lines.append(f"  {p.name:<8} {'= total':<32} {p.gib:8.2f}  of {x.budget_gib:g} GiB budget: {verdict}")
+        lines += [f"  warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
 
 

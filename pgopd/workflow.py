@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import config as C
+from . import memplan
 from .config import ALL_METHODS, CONTROLS, METHODS, Config, ConfigError
 
 #: rows of the tables that are not trained: the base models, evaluated with tag ``base``.
@@ -55,6 +56,7 @@ def load_config(raw: dict) -> Config:
         cfg = C.parse(raw if raw is not None else {})
         train_methods(cfg)
         teachers(cfg)
+        memplan.check_config(cfg)  # GPU configs only: refuse a step that cannot fit the GPU
     except ConfigError as e:
         raise ConfigError(f"invalid config: {e}") from None
     return cfg
