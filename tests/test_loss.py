@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pgopd.loss import opd_pg_loss, topk_reverse_kl_loss
+from pgopd.loss import opd_pg_loss, topk_renorm_loss
 
 
 def gather_logp(logits_BTV, y_BT):
@@ -136,7 +136,7 @@ def test_topk_zero_loss_and_grad_when_equal():
     logits, _, mask, w, K = topk_inputs()
     logits.requires_grad_(True)
     s, _ = select_topk(logits, logits.detach(), K)
-    loss, stats = topk_reverse_kl_loss(s, s.detach().clone(), mask, w)
+    loss, stats = topk_renorm_loss(s, s.detach().clone(), mask, w)
     loss.backward()
     assert loss.item() == pytest.approx(0.0, abs=1e-7)
     assert logits.grad.abs().max().item() < 1e-7
@@ -146,7 +146,7 @@ def test_topk_zero_loss_and_grad_when_equal():
 def test_topk_equals_loop_reference_and_is_nonnegative():
     logits, t_logits, mask, w, K = topk_inputs(seed=2)
     s, t = select_topk(logits, t_logits, K)
-    loss, stats = topk_reverse_kl_loss(s, t, mask, w)
+    loss, stats = topk_renorm_loss(s, t, mask, w)
     B, T = mask.shape
     total, klsum, n = 0.0, 0.0, 0
     for b in range(B):
@@ -170,7 +170,7 @@ def test_topk_with_k_equal_v_is_full_reverse_kl():
     logits, t_logits, mask, _, _ = topk_inputs(seed=4)
     V = logits.shape[-1]
     s, t = select_topk(logits, t_logits, V)
-    loss, _ = topk_reverse_kl_loss(s, t, mask)
+    loss, _ = topk_renorm_loss(s, t, mask)
     ps, ls, lt = torch.softmax(logits, -1), torch.log_softmax(logits, -1), torch.log_softmax(t_logits, -1)
     full_kl = (ps * (ls - lt)).sum(-1)
     assert loss.item() == pytest.approx((full_kl * mask).sum().item() / mask.sum().item(), rel=1e-5)
@@ -182,7 +182,7 @@ def test_topk_grad_only_through_student_and_masked_positions_silent():
     t_logits.requires_grad_(True)
     s, t = select_topk(logits, t_logits, K)
     t_garbage = torch.where(mask.unsqueeze(-1), t, torch.full_like(t, float("nan")))
-    loss, _ = topk_reverse_kl_loss(s, t_garbage, mask, w)
+    loss, _ = topk_renorm_loss(s, t_garbage, mask, w)
     loss.backward()
     assert t_logits.grad is None or torch.count_nonzero(t_logits.grad) == 0
     assert torch.isfinite(logits.grad).all()

@@ -11,7 +11,7 @@ from pgopd.policies import make_policy
 from pgopd.rollout.hf import HFSampler, generate, sample_tokens
 from pgopd.rollout.loop import rollout
 from pgopd.rollout.scorer import TeacherScorer
-from pgopd.train import assemble
+from pgopd.update import assemble
 
 V, PAD, EOS = 40, 0, 1
 
