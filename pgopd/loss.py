@@ -81,8 +81,9 @@ def topk_renorm_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Ten
     sampled) KL between the two *conditional* distributions on that support.  It is not the
     public OPD recipe's objective (that is :func:`topk_recipe_loss`): the renormalisation
     removes the student's log-normaliser, so the gradient on the logit of any token outside
-    the student's top-k is exactly 0 -- the loss cannot move mass into or out of the top-k as
-    a whole, only reshuffle it inside.  With K = V it is the full reverse KL.
+    the student's top-k is exactly 0 (analytically; in floats, the rounding of a sum that is
+    0) -- the loss cannot move mass into or out of the top-k as a whole, only reshuffle it
+    inside.  With K = V it is the full reverse KL.
 
     Args:
         student_logp_BTK: (B, T, K) student log-probs at its top-k ids, with grad.
