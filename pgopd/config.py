@@ -233,7 +233,8 @@ class TrainConfig:
                                           "gradients accumulate, one optimizer step); 0 = one micro-batch",
                                           min=0)
     logprob_chunk_tokens: int = opt(1024, "positions per chunk when computing log-probs from the LM head "
-                                    "(student update and teacher scoring): extra memory ~ chunk x vocab",
+                                    "(student update and teacher scoring): extra memory ~ 4 fp32 (chunk x vocab) tensors "
+                                    "in the update's backward",
                                     min=1)
     max_live_rows: int = opt(0, "rollout in groups of at most this many rows (whole prompt groups) to "
                              "bound the student's and teacher's KV caches; 0 = all of a rank's rows at once",

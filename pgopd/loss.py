@@ -1,7 +1,9 @@
 """OPD losses: pure functions of log-probabilities, masks and per-token weights.
 
-Both losses aggregate as a *token mean*: the sum over valid (mask) tokens of the weighted
-per-token term divided by the number of valid tokens.  Allocation policies express their
+Every loss (``train.loss``: ``sampled`` -> :func:`opd_pg_loss`, ``topk_renorm`` ->
+:func:`topk_renorm_loss`, ``topk_recipe`` -> :func:`topk_recipe_loss`) aggregates as a
+*token mean*: the sum over valid (mask) tokens of the weighted per-token term divided by
+the number of valid tokens.  Allocation policies express their
 decisions through the mask (``train_len``, dropped candidates) and the weights (Prune-OPD's
 drift down-weighting, the reweight-only control), so the loss itself is method-agnostic.
 Dividing by the token count, not by the weight sum, keeps a down-weighted token a *smaller*
@@ -68,16 +70,20 @@ def opd_pg_loss(logp_BT: torch.Tensor, teacher_logp_BT: torch.Tensor, mask_BT: t
     return loss, stats
 
 
-def topk_reverse_kl_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Tensor,
-                         mask_BT: torch.Tensor, weight_BT: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, dict]:
-    """Reverse KL restricted to the student's top-k tokens (``loss_top_k: k``).
+def topk_renorm_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Tensor,
+                     mask_BT: torch.Tensor, weight_BT: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict]:
+    """``loss: topk_renorm`` -- reverse KL between student and teacher *both renormalised*
+    over the student's top-k ids (``loss_top_k`` of them).
 
     Both distributions are renormalised over the same K ids (log-softmax of the K
-    log-probs), then ``KL_t = sum_k p_s,k (log p_s,k - log p_t,k)`` -- an exact (not sampled)
-    reverse KL on the support where the student puts its mass, as in the top-k variants of
-    thunlp-OPD.  Gradients flow through the student's log-probs only.  With K = V it is the
-    full reverse KL.
+    log-probs), then ``KL_t = sum_k p~_s,k (log p~_s,k - log p~_t,k)`` -- an exact (not
+    sampled) KL between the two *conditional* distributions on that support.  It is not the
+    public OPD recipe's objective (that is :func:`topk_recipe_loss`): the renormalisation
+    removes the student's log-normaliser, so the gradient on the logit of any token outside
+    the student's top-k is exactly 0 (analytically; in floats, the rounding of a sum that is
+    0) -- the loss cannot move mass into or out of the top-k as a whole, only reshuffle it
+    inside.  With K = V it is the full reverse KL.
 
     Args:
         student_logp_BTK: (B, T, K) student log-probs at its top-k ids, with grad.
@@ -107,3 +113,50 @@ def topk_reverse_kl_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch
         "weight_mean": _masked_mean(w, mask, n),
     }
     return loss, stats
+
+
+def topk_recipe_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Tensor,
+                     mask_BT: torch.Tensor, weight_BT: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict]:
+    """``loss: topk_recipe`` -- the public OPD recipe's top-k objective (Rethinking-OPD
+    training script: top-k 16, strategy "only the student's top-k", reward weight "student
+    probability").
+
+    For each of the student's top-k tokens x at a position, with *full-vocabulary*
+    log-probs, the advantage ``A(x) = p_s(x) (log p_t(x) - log p_s(x))`` is held constant
+    and the loss is ``-sum_x A(x) log p_s(x)`` per position.  Its gradient w.r.t. the logits
+    is ``-sum_x A(x) (onehot(x) - p_s)``: nonzero on every logit, tokens outside the top-k
+    included (through the log-normaliser), unlike :func:`topk_renorm_loss`.  With K = V it is
+    the exact gradient of the full reverse KL (``sum_x p_s(x) ∇log p_s(x) = 0``).
+
+    Args:
+        student_logp_BTK: (B, T, K) student full-vocabulary log-probs at its top-k ids, with grad.
+        teacher_logp_BTK: (B, T, K) teacher full-vocabulary log-probs at the same ids.
+        mask_BT: (B, T) bool or 0/1 trained tokens.
+        weight_BT: (B, T) per-token weights (default 1), constants; multiply each position.
+
+    Returns:
+        loss: scalar ``sum_{mask} w * (-sum_k A_k log p_s,k) / n_tokens``.
+        stats: ``kl`` (masked mean of ``sum_k p_s (log p_s - log p_t)``, the top-k part of
+        the reverse KL, not renormalised), ``reward_mean`` (= -kl), ``n_tokens``, ``weight_mean``.
+    """
+    valid_BT, mask, w, n, denom = _prep(mask_BT, weight_BT, student_logp_BTK)
+    valid_BT1 = valid_BT.unsqueeze(-1)
+    s_BTK = torch.where(valid_BT1, student_logp_BTK, torch.zeros_like(student_logp_BTK))
+    t_BTK = teacher_logp_BTK.detach().to(student_logp_BTK.dtype)
+    t_BTK = torch.where(valid_BT1, t_BTK, torch.zeros_like(t_BTK))
+    s_det = s_BTK.detach()
+    adv_BTK = s_det.exp() * (t_BTK - s_det)
+    per_pos_BT = -(adv_BTK * s_BTK).sum(dim=-1)
+    loss = (w * per_pos_BT * mask).sum() / denom
+    kl_mean = _masked_mean(-adv_BTK.sum(dim=-1), mask, n)
+    stats = {
+        "reward_mean": -kl_mean,
+        "kl": kl_mean,
+        "n_tokens": int(round(float(n))),
+        "weight_mean": _masked_mean(w, mask, n),
+    }
+    return loss, stats
+
+
+LOSSES = ("sampled", "topk_renorm", "topk_recipe")

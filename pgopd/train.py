@@ -4,9 +4,9 @@ Per step (sampling, teacher scoring and the update are separate, with plain data
   1. rollout:  the student samples ``n_samples`` responses per prompt, chunk by chunk, the
                teacher scores every new token once, the method's policy allocates
                (``pgopd.rollout.loop``);
-  2. assemble: kept tokens, weights and the teacher's log-probs become padded tensors;
-  3. update:   one forward/backward of the student under the OPD loss (``pgopd.loss``),
-               ``engine.step()`` (DeepSpeed: ZeRO stage, clipping, bf16 from config).
+  2. update:   token-budget micro-batches of the kept tokens, gradients accumulated under the
+               OPD loss, one ``engine.step()`` (``pgopd.update``; DeepSpeed: ZeRO stage,
+               clipping, bf16 from config).
 The same code runs on CPU here (DeepSpeed's CPU accelerator, gloo) and on GPUs.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
-from .rollout.loop import RolloutResult, rollout
+from .rollout.loop import RolloutResult, rollout_in_groups
+from .update import Dist, apply_update
 
 log = logging.getLogger("pgopd.train")
 
@@ -85,69 +86,6 @@ class PromptSampler:
             out.append(order[i])
             self.position += 1
         return out
-
-
-def assemble(res: RolloutResult, pad_id: int) -> dict | None:
-    """Padded tensors for the update (right padding); ``None`` when no token is trained.
-
-    Positions are those of the *targets*: response token t of row b sits at column
-    ``P_b - 1 + t`` of the shifted sequence, where P_b is the prompt length.
-    Returns input_ids_BS, attention_BS, mask_BT, weight_BT, teacher_logp_BT, and
-    student_topk_ids_BTK / teacher_logp_topk_BTK when the rollout kept them.
-    """
-    rows = [(i, c, res.train_len(c)) for i, c in enumerate(res.cands)]
-    rows = [(i, c, L) for i, c, L in rows if L > 0]
-    if not rows:
-        return None
-    seqs = [res.prompts[i] + c.tokens[:L] for i, c, L in rows]
-    S = max(len(s) for s in seqs)
-    B, T = len(rows), S - 1
-    ids = torch.full((B, S), pad_id, dtype=torch.long)
-    att = torch.zeros((B, S), dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.bool)
-    weight = torch.zeros((B, T))
-    t_logp = torch.zeros((B, T))
-    topk = bool(res.student_topk_ids)
-    if topk:
-        K = res.student_topk_ids[0].shape[-1]
-        s_ids = torch.zeros((B, T, K), dtype=torch.long)
-        t_lp = torch.zeros((B, T, K))
-    for b, ((i, c, L), seq) in enumerate(zip(rows, seqs)):
-        P = len(res.prompts[i])
-        ids[b, :len(seq)] = torch.tensor(seq)
-        att[b, :len(seq)] = 1
-        sl = slice(P - 1, P - 1 + L)
-        mask[b, sl] = True
-        weight[b, sl] = torch.tensor(c.weights[:L], dtype=torch.float32)
-        t_logp[b, sl] = torch.tensor(c.teacher_logp[:L], dtype=torch.float32)
-        if topk:
-            s_ids[b, sl] = res.student_topk_ids[i][:L]
-            t_lp[b, sl] = res.teacher_logp_topk[i][:L]
-    out = {"input_ids_BS": ids, "attention_BS": att, "mask_BT": mask, "weight_BT": weight,
-           "teacher_logp_BT": t_logp}
-    if topk:
-        out.update(student_topk_ids_BTK=s_ids, teacher_logp_topk_BTK=t_lp)
-    return out
-
-
-def opd_loss_on_batch(model, batch: dict, loss_top_k: int):
-    """Student forward on the assembled batch and the OPD loss (pure functions in pgopd.loss)."""
-    from .loss import opd_pg_loss, topk_reverse_kl_loss
-
-    dev = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids_BS"].to(dev), attention_mask=batch["attention_BS"].to(dev)).logits
-    logp_BTV = torch.log_softmax(logits[:, :-1].float(), -1)
-    targets_BT = batch["input_ids_BS"][:, 1:].to(dev)
-    mask, weight = batch["mask_BT"].to(dev), batch["weight_BT"].to(dev)
-    logp_BT = logp_BTV.gather(-1, targets_BT[..., None])[..., 0]
-    if loss_top_k:
-        s_BTK = logp_BTV.gather(-1, batch["student_topk_ids_BTK"].to(dev))
-        loss, stats = topk_reverse_kl_loss(s_BTK, batch["teacher_logp_topk_BTK"].to(dev), mask, weight)
-        # the sampled-token reward is still what we report, so runs compare on one scale
-        r = (batch["teacher_logp_BT"].to(dev) - logp_BT.detach())[mask]
-        stats["reward_mean"] = float(r.mean()) if r.numel() else 0.0
-        return loss, stats
-    return opd_pg_loss(logp_BT, batch["teacher_logp_BT"].to(dev), mask, weight)
 
 
 def sft_loss(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
@@ -220,35 +158,6 @@ class RunState:
     candidates_lines: int = 0
 
 
-class _Dist:
-    """Rank / world size and the few collectives the loop needs (no-ops on one process)."""
-
-    def __init__(self):
-        import torch.distributed as td
-
-        self.td = td if td.is_available() and td.is_initialized() else None
-        self.rank = self.td.get_rank() if self.td else 0
-        self.world = self.td.get_world_size() if self.td else 1
-
-    def sum(self, *xs: float) -> list[float]:
-        if not self.td:
-            return list(xs)
-        t = torch.tensor(xs, dtype=torch.float64)
-        self.td.all_reduce(t)
-        return t.tolist()
-
-    def gather(self, obj) -> list:
-        if not self.td:
-            return [obj]
-        out = [None] * self.world
-        self.td.all_gather_object(out, obj)
-        return out
-
-    def barrier(self):
-        if self.td:
-            self.td.barrier()
-
-
 def _truncate_lines(path: Path, n: int) -> None:
     """Keep the first ``n`` lines of ``path`` (metrics of steps after the checkpoint go)."""
     if not path.exists():
@@ -258,7 +167,7 @@ def _truncate_lines(path: Path, n: int) -> None:
     path.write_text("".join(lines))
 
 
-def save_resume(engine, state: RunState, out_dir: Path, dist: "_Dist") -> None:
+def save_resume(engine, state: RunState, out_dir: Path, dist: Dist) -> None:
     """Checkpoint model, optimizer, scheduler (DeepSpeed) and the run state, atomically:
     written to ``resume.tmp`` and renamed over ``resume``."""
     import pickle
@@ -296,8 +205,36 @@ def load_resume(engine, out_dir: Path) -> RunState | None:
     return None
 
 
-def grads_finite(engine) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in engine.module.parameters())
+@dataclass
+class _Run:
+    """What the step loop's pieces share (built once by :func:`train`)."""
+
+    cfg: TrainConfig
+    method: str
+    seed: int
+    out_dir: Path
+    records: list
+    prompt_ids: list
+    tok: object
+    engine: object
+    teacher_model: object
+    scorer: object
+    dist: Dist
+    device: torch.device
+    vllm_engine: object = None
+    tb: object = None
+
+    @property
+    def per_rank(self) -> int:
+        return self.cfg.prompts_per_step // self.dist.world
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl.tmp"
+
+    @property
+    def cands_path(self) -> Path:
+        return self.out_dir / "candidates.jsonl.tmp"
 
 
 def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: str, train_data: Path,
@@ -305,15 +242,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
     """Run (or resume) one training job; returns the summary written to ``summary.json``."""
     import signal
 
-    init_distributed_env()
-    import deepspeed
     from tqdm import tqdm
-
-    from .data.loaders import read_jsonl
-    from .models.loading import check_tokenizers_compatible, encode_prompts, load_model, load_tokenizer
-    from .policies import make_policy
-    from .rollout.hf import HFSampler
-    from .rollout.scorer import TeacherScorer
 
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -322,9 +251,45 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
     t_start = time.perf_counter()
     random.seed(seed)
     torch.manual_seed(seed)
+    run = _setup(cfg, method, seed, teacher, student, train_data, teacher_cache, out_dir)
+    state = _start_state(run, teacher_cache, reference)
+    prompts = PromptSampler(len(run.records), seed)
+    prompts.position = state.prompt_position
 
-    tok_t, tok_s = load_tokenizer(teacher), load_tokenizer(student)
-    check_tokenizers_compatible(tok_t, tok_s, teacher, student)  # before any training
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))  # slurm's warning
+    if run.dist.rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run.tb = SummaryWriter(str(out_dir / "tb"))
+    run.vllm_engine = _vllm_engine(cfg, student, run.engine, seed) if cfg.backend == "vllm" else None
+    bar = tqdm(range(state.step, cfg.steps), desc=f"train {method}", unit="step", disable=run.dist.rank != 0)
+    for step in bar:
+        idx_all = prompts.next(cfg.prompts_per_step)
+        idx = idx_all[run.dist.rank * run.per_rank:(run.dist.rank + 1) * run.per_rank]
+        res = _rollout_step(run, state, step, idx)
+        m = _update_step(run, res, state, step)
+        _log_step(run, state, step, res, m, idx)
+        state.step, state.prompt_position = step + 1, prompts.position
+        interrupted = bool(run.dist.sum(float(stop["flag"]))[0])
+        last = step + 1 == cfg.steps
+        if interrupted or (cfg.save_every and (step + 1) % cfg.save_every == 0 and not last):
+            state.wall_s += time.perf_counter() - t_start
+            t_start = time.perf_counter()
+            save_resume(run.engine, state, out_dir, run.dist)
+            if interrupted:
+                log.warning("SIGTERM: checkpoint written at step %d; rerun the job to resume", step + 1)
+                raise Stop(f"interrupted after step {step + 1}")
+    bar.close()
+    if run.tb:
+        run.tb.close()
+    return _finish(run.engine, run.tok, cfg, state, out_dir, run.dist, t_start, method, seed, teacher, student)
+
+
+def _load_records(cfg: TrainConfig, train_data: Path, teacher_cache: Path) -> list[dict]:
+    """The training prompts (only those the teacher solved with ``select_solved``)."""
+    from .data.loaders import read_jsonl
+
     records = read_jsonl(train_data)
     if cfg.select_solved:
         solved = set(json.loads((Path(teacher_cache) / "summary.json").read_text())["solved_ids"])
@@ -332,8 +297,22 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
         if not records:
             raise ValueError("train.select_solved: the teacher solved none of the training prompts")
         log.info("teacher-aligned selection: %d prompts kept", len(records))
-    ref = json.loads(Path(reference).read_text()) if reference else None
+    return records
 
+
+def _setup(cfg: TrainConfig, method: str, seed: int, teacher: str, student: str, train_data: Path,
+           teacher_cache: Path, out_dir: Path) -> _Run:
+    """Tokenizers (checked compatible before any training), prompts, the teacher, the student's
+    DeepSpeed engine and the teacher scorer."""
+    init_distributed_env()
+    import deepspeed
+
+    from .models.loading import check_tokenizers_compatible, encode_prompts, load_model, load_tokenizer
+    from .rollout.scorer import TeacherScorer
+
+    tok_t, tok_s = load_tokenizer(teacher), load_tokenizer(student)
+    check_tokenizers_compatible(tok_t, tok_s, teacher, student)  # before any training
+    records = _load_records(cfg, train_data, teacher_cache)
     # the teacher runs inference next to the student: on this rank's accelerator, in bf16
     # when training is (CPU here); the student is placed by DeepSpeed
     device = (torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available()
@@ -345,7 +324,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
     engine, _, _, _ = deepspeed.initialize(model=student_model, config=ds_config(cfg),
                                            model_parameters=[p for p in student_model.parameters()
                                                              if p.requires_grad])
-    dist = _Dist()
+    dist = Dist()
     if cfg.zero_stage == 3 and dist.world > 1 and cfg.backend == "hf":
         # ZeRO-3 gathers parameters with a collective in every forward; ranks that generate
         # different numbers of tokens would deadlock in the hf sampler
@@ -354,106 +333,123 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
     if cfg.prompts_per_step % dist.world:
         raise ValueError(f"train.prompts_per_step ({cfg.prompts_per_step}) must be divisible by the "
                          f"number of training processes ({dist.world})")
-    pad_id, eos_id = tok_s.pad_token_id, tok_s.eos_token_id
-    prompt_ids = encode_prompts(tok_s, [r["prompt"] for r in records])
+    scorer = TeacherScorer(teacher_model, tok_s.pad_token_id, topk=cfg.overlap_k,
+                           chunk_tokens=cfg.logprob_chunk_tokens)
+    return _Run(cfg=cfg, method=method, seed=seed, out_dir=out_dir, records=records,
+                prompt_ids=encode_prompts(tok_s, [r["prompt"] for r in records]), tok=tok_s, engine=engine,
+                teacher_model=teacher_model, scorer=scorer, dist=dist, device=device)
 
-    state = load_resume(engine, out_dir)
-    metrics_path, cands_path = out_dir / "metrics.jsonl.tmp", out_dir / "candidates.jsonl.tmp"
+
+def _start_state(run: _Run, teacher_cache: Path, reference: Path | None) -> RunState:
+    """A resumed run's state (its logs cut back to the checkpoint), or a fresh one (after the
+    optional cold start)."""
+    from .policies import make_policy
+
+    state = load_resume(run.engine, run.out_dir)
     if state is None:
-        state = RunState(policy=make_policy(method, cfg, seed=seed, reference=ref))
-        if dist.rank == 0:
-            metrics_path.write_text("")
-            cands_path.write_text("")
-        if cfg.cold_start_steps:
-            _cold_start(engine, cfg, Path(teacher_cache), records, prompt_ids, pad_id, seed)
+        ref = json.loads(Path(reference).read_text()) if reference else None
+        state = RunState(policy=make_policy(run.method, run.cfg, seed=run.seed, reference=ref))
+        if run.dist.rank == 0:
+            run.metrics_path.write_text("")
+            run.cands_path.write_text("")
+        if run.cfg.cold_start_steps:
+            _cold_start(run.engine, run.cfg, Path(teacher_cache), run.records, run.prompt_ids,
+                        run.tok.pad_token_id, run.seed)
     else:
         log.info("resuming from step %d", state.step)
-        if dist.rank == 0:
-            _truncate_lines(metrics_path, state.metrics_lines)
-            _truncate_lines(cands_path, state.candidates_lines)
-    policy = state.policy
-    prompts = PromptSampler(len(records), seed)
-    prompts.position = state.prompt_position
+        if run.dist.rank == 0:
+            _truncate_lines(run.metrics_path, state.metrics_lines)
+            _truncate_lines(run.cands_path, state.candidates_lines)
+    return state
 
-    stop = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))  # slurm's warning
 
-    from torch.utils.tensorboard import SummaryWriter
+def _rollout_step(run: _Run, state: RunState, step: int, idx: list[int]) -> RolloutResult:
+    """This rank's rollout of prompts ``idx``, in groups of at most ``max_live_rows`` rows."""
+    from .rollout.hf import HFSampler
 
-    tb = SummaryWriter(str(out_dir / "tb")) if dist.rank == 0 else None
-    scorer = TeacherScorer(teacher_model, pad_id, topk=cfg.overlap_k)
-    vllm_engine = _vllm_engine(cfg, student, engine, seed) if cfg.backend == "vllm" else None
-    per_rank = cfg.prompts_per_step // dist.world
-    n_rows = cfg.prompts_per_step * cfg.n_samples
-    bar = tqdm(range(state.step, cfg.steps), desc=f"train {method}", unit="step", disable=dist.rank != 0)
-    for step in bar:
-        idx_all = prompts.next(cfg.prompts_per_step)
-        idx = idx_all[dist.rank * per_rank:(dist.rank + 1) * per_rank]
-        engine.module.eval()
-        loss_k = 0 if cfg.loss == "sampled" else cfg.loss_top_k
-        topk = max(cfg.overlap_k, loss_k)
-        if vllm_engine is not None:
+    cfg, dist, engine = run.cfg, run.dist, run.engine
+    eos_id, pad_id = run.tok.eos_token_id, run.tok.pad_token_id
+    engine.module.eval()
+    if cfg.teacher_offload:
+        run.teacher_model.to(run.device)
+    loss_k = 0 if cfg.loss == "sampled" else cfg.loss_top_k
+    topk = max(cfg.overlap_k, loss_k)
+    row0 = dist.rank * run.per_rank * cfg.n_samples
+
+    def make_sampler(row_start: int):
+        if run.vllm_engine is not None:
             from .rollout.vllm_backend import VLLMSampler
 
-            # each rank's engine serves its own rows; seeds are per (row, offset) there
-            sampler = VLLMSampler(vllm_engine, eos_id, pad_id, cfg.temperature, cfg.top_p, topk=topk,
-                                  seed=seed * 1_000_003 + step * 1009 + dist.rank)
-        else:
-            sampler = HFSampler(engine.module, eos_id, pad_id, cfg.temperature, cfg.top_p, topk=topk,
-                                seed=seed * 1_000_003 + step,
-                                row_offset=dist.rank * per_rank * cfg.n_samples, n_global=n_rows)
-        policy.begin_step(step, group_offset=dist.rank * per_rank)
-        res = rollout(sampler, scorer, policy, [prompt_ids[i] for i in idx], n_samples=cfg.n_samples,
-                      max_new_tokens=cfg.max_new_tokens, chunk_size=cfg.chunk_size,
-                      overlap_k=cfg.overlap_k, loss_top_k=loss_k)
-        if vllm_engine is not None:
-            vllm_engine.sleep()  # colocated: free the GPUs for the update (no-op otherwise)
-        m = _update(engine, res, cfg, pad_id, dist, state, step, out_dir)
-        if vllm_engine is not None:  # the next rollout samples from the updated student
-            vllm_engine.update_weights(_full_named_params(engine, cfg.zero_stage))
-        decided = [c for c in res.cands if c.info.get("decision_step") is not None]  # live at the probe
-        g = dist.sum(res.tokens_generated, res.tokens_teacher_scored, res.tokens_trained, len(res.cands),
-                     len(decided), sum(bool(c.info["continued"]) for c in decided),
-                     sum(c.keep for c in res.cands), sum(len(c.overlap) for c in res.cands),
-                     sum(sum(c.overlap) for c in res.cands))
-        gen, scored, trained, n_c, n_dec, n_cont, n_kept, n_ov, s_ov = g
-        for k, v in zip(("gen", "scored", "trained", "cands", "decided", "continued"),
-                        (gen, scored, trained, n_c, n_dec, n_cont)):
-            state.totals[k] += int(v)
-        m.update({"tokens_generated": int(gen), "tokens_teacher_scored": int(scored),
-                  "tokens_trained": int(trained), "t_rollout_s": res.t_rollout_s,
-                  "t_teacher_s": res.t_teacher_s, "n_candidates": int(n_c), "n_kept": int(n_kept),
-                  "mean_length": gen / max(n_c, 1), "overlap_mean": s_ov / n_ov if n_ov else None,
-                  "continue_rate": n_cont / n_dec if n_dec else None, "bad_steps": state.bad_steps})
-        answers = [records[i]["answer"] for i in idx]
-        cand_recs = [r for rank_recs in dist.gather(
-            _candidate_log(step, res, cfg.pgopd.prefix_len, answers, tok_s,
-                           cid_offset=dist.rank * per_rank * cfg.n_samples, group_offset=dist.rank * per_rank))
-            for r in rank_recs]
-        if dist.rank == 0:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(m) + "\n")
-            with open(cands_path, "a") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in cand_recs)
-            for k, v in m.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    tb.add_scalar(f"train/{k}", v, step)
-        state.step, state.prompt_position = step + 1, prompts.position
-        state.metrics_lines += 1
-        state.candidates_lines += len(cand_recs)
-        interrupted = bool(dist.sum(float(stop["flag"]))[0])
-        last = step + 1 == cfg.steps
-        if interrupted or (cfg.save_every and (step + 1) % cfg.save_every == 0 and not last):
-            state.wall_s += time.perf_counter() - t_start
-            t_start = time.perf_counter()
-            save_resume(engine, state, out_dir, dist)
-            if interrupted:
-                log.warning("SIGTERM: checkpoint written at step %d; rerun the job to resume", step + 1)
-                raise Stop(f"interrupted after step {step + 1}")
-    bar.close()
-    if tb:
-        tb.close()
-    return _finish(engine, tok_s, cfg, state, out_dir, dist, t_start, method, seed, teacher, student)
+            # each rank's engine serves its own rows; seeds are per (row, offset) there, and
+            # per row group here (rows restart at 0 in each group)
+            return VLLMSampler(run.vllm_engine, eos_id, pad_id, cfg.temperature, cfg.top_p, topk=topk,
+                               seed=run.seed * 1_000_003 + step * 1009 + dist.rank + 7919 * row_start)
+        return HFSampler(engine.module, eos_id, pad_id, cfg.temperature, cfg.top_p, topk=topk,
+                         seed=run.seed * 1_000_003 + step, row_offset=row0 + row_start,
+                         n_global=cfg.prompts_per_step * cfg.n_samples)
+
+    res = rollout_in_groups(make_sampler, run.scorer, state.policy, [run.prompt_ids[i] for i in idx],
+                            n_samples=cfg.n_samples, max_live_rows=cfg.max_live_rows, step=step,
+                            group_offset=dist.rank * run.per_rank, max_new_tokens=cfg.max_new_tokens,
+                            chunk_size=cfg.chunk_size, overlap_k=cfg.overlap_k, loss_top_k=loss_k)
+    if cfg.teacher_offload:  # like the vLLM engine's sleep: the update gets the teacher's memory
+        run.teacher_model.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return res
+
+
+def _update_step(run: _Run, res: RolloutResult, state: RunState, step: int) -> dict:
+    """The update (``pgopd.update``) between the rollout engine's sleep and weight push;
+    counts non-finite steps and stops the run after ``max_bad_steps`` of them."""
+    cfg = run.cfg
+    if run.vllm_engine is not None:
+        run.vllm_engine.sleep()  # colocated: free the GPUs for the update (no-op otherwise)
+    m = {"step": step, **apply_update(run.engine, res, cfg, run.tok.pad_token_id, run.dist)}
+    if not m.pop("finite"):
+        state.bad_steps += 1
+        log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", step, state.bad_steps)
+        if state.bad_steps > cfg.max_bad_steps:
+            save_resume(run.engine, state, run.out_dir, run.dist)
+            raise Diverged(f"{state.bad_steps} non-finite steps, more than train.max_bad_steps = "
+                           f"{cfg.max_bad_steps}; stopping (last checkpoint kept)")
+    if run.vllm_engine is not None:  # the next rollout samples from the updated student
+        run.vllm_engine.update_weights(_full_named_params(run.engine, cfg.zero_stage))
+    return m
+
+
+def _log_step(run: _Run, state: RunState, step: int, res: RolloutResult, m: dict, idx: list[int]) -> None:
+    """Totals, the step's metrics line, candidate records and tensorboard scalars (rank 0 writes)."""
+    cfg, dist = run.cfg, run.dist
+    decided = [c for c in res.cands if c.info.get("decision_step") is not None]  # live at the probe
+    g = dist.sum(res.tokens_generated, res.tokens_teacher_scored, res.tokens_trained, len(res.cands),
+                 len(decided), sum(bool(c.info["continued"]) for c in decided),
+                 sum(c.keep for c in res.cands), sum(len(c.overlap) for c in res.cands),
+                 sum(sum(c.overlap) for c in res.cands))
+    gen, scored, trained, n_c, n_dec, n_cont, n_kept, n_ov, s_ov = g
+    for k, v in zip(("gen", "scored", "trained", "cands", "decided", "continued"),
+                    (gen, scored, trained, n_c, n_dec, n_cont)):
+        state.totals[k] += int(v)
+    m.update({"tokens_generated": int(gen), "tokens_teacher_scored": int(scored),
+              "tokens_trained": int(trained), "t_rollout_s": res.t_rollout_s,
+              "t_teacher_s": res.t_teacher_s, "n_candidates": int(n_c), "n_kept": int(n_kept),
+              "mean_length": gen / max(n_c, 1), "overlap_mean": s_ov / n_ov if n_ov else None,
+              "continue_rate": n_cont / n_dec if n_dec else None, "bad_steps": state.bad_steps})
+    answers = [run.records[i]["answer"] for i in idx]
+    cand_recs = [r for rank_recs in dist.gather(
+        _candidate_log(step, res, cfg.pgopd.prefix_len, answers, run.tok,
+                       cid_offset=dist.rank * run.per_rank * cfg.n_samples, group_offset=dist.rank * run.per_rank))
+        for r in rank_recs]
+    if dist.rank == 0:
+        with open(run.metrics_path, "a") as fh:
+            fh.write(json.dumps(m) + "\n")
+        with open(run.cands_path, "a") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in cand_recs)
+        for k, v in m.items():
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                run.tb.add_scalar(f"train/{k}", v, step)
+    state.metrics_lines += 1
+    state.candidates_lines += len(cand_recs)
 
 
 def _vllm_engine(cfg: TrainConfig, student: str, engine, seed: int):
@@ -478,48 +474,6 @@ def _full_named_params(engine, zero_stage: int):
         with deepspeed.zero.GatheredParameters(list(module.parameters())):
             return [(n, p.detach().clone()) for n, p in module.named_parameters()]
     return [(n, p.detach()) for n, p in module.named_parameters()]
-
-
-def _update(engine, res: RolloutResult, cfg: TrainConfig, pad_id: int, dist: "_Dist", state: RunState,
-            step: int, out_dir: Path) -> dict:
-    """Assemble, loss, backward, step — skipping (and counting) non-finite steps."""
-    t0 = time.perf_counter()
-    lr = engine.get_lr()[0]  # the rate this step's update uses
-    engine.module.train()
-    batch = assemble(res, pad_id)
-    n_local = float(batch["mask_BT"].sum()) if batch is not None else 0.0
-    (n_global,) = dist.sum(n_local)
-    stats, loss_val, ok = {}, 0.0, True
-    if batch is not None:
-        loss, stats = opd_loss_on_batch(engine, batch, 0 if cfg.loss == "sampled" else cfg.loss_top_k)
-        # token-mean over the *global* batch: DeepSpeed averages gradients over ranks, so each
-        # rank's token-mean is rescaled by its share of the tokens
-        scale = n_local * dist.world / n_global if n_global else 0.0
-        loss = loss * scale
-        loss_val = float(loss.detach())
-        ok = math.isfinite(loss_val)
-        if ok:
-            engine.backward(loss)
-            ok = grads_finite(engine)
-    elif n_global:
-        # this rank trains no token but others do: join the gradient all-reduce with a zero loss
-        loss = sum(p.sum() for p in engine.module.parameters()) * 0.0
-        engine.backward(loss)
-    ok = bool(dist.sum(float(not ok))[0] == 0)
-    if not ok:
-        state.bad_steps += 1
-        log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", step, state.bad_steps)
-        engine.optimizer.zero_grad()
-        if state.bad_steps > cfg.max_bad_steps:
-            save_resume(engine, state, out_dir, dist)
-            raise Diverged(f"{state.bad_steps} non-finite steps, more than train.max_bad_steps = "
-                               f"{cfg.max_bad_steps}; stopping (last checkpoint kept)")
-    elif n_global:
-        engine.step()
-    loss_sum, reward_sum = dist.sum(loss_val / dist.world, stats.get("reward_mean", 0.0) * n_local)
-    return {"step": step, "loss": loss_sum, "reward_mean": reward_sum / n_global if n_global else None,
-            "kl": -reward_sum / n_global if n_global else None, "t_update_s": time.perf_counter() - t0,
-            "lr": lr}
 
 
 def _finish(engine, tok, cfg, state: RunState, out_dir: Path, dist, t_start, method, seed, teacher,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pgopd.loss import opd_pg_loss, topk_reverse_kl_loss
+from pgopd.loss import opd_pg_loss, topk_recipe_loss, topk_renorm_loss
 
 
 def gather_logp(logits_BTV, y_BT):
@@ -136,7 +136,7 @@ def test_topk_zero_loss_and_grad_when_equal():
     logits, _, mask, w, K = topk_inputs()
     logits.requires_grad_(True)
     s, _ = select_topk(logits, logits.detach(), K)
-    loss, stats = topk_reverse_kl_loss(s, s.detach().clone(), mask, w)
+    loss, stats = topk_renorm_loss(s, s.detach().clone(), mask, w)
     loss.backward()
     assert loss.item() == pytest.approx(0.0, abs=1e-7)
     assert logits.grad.abs().max().item() < 1e-7
@@ -146,7 +146,7 @@ def test_topk_zero_loss_and_grad_when_equal():
 def test_topk_equals_loop_reference_and_is_nonnegative():
     logits, t_logits, mask, w, K = topk_inputs(seed=2)
     s, t = select_topk(logits, t_logits, K)
-    loss, stats = topk_reverse_kl_loss(s, t, mask, w)
+    loss, stats = topk_renorm_loss(s, t, mask, w)
     B, T = mask.shape
     total, klsum, n = 0.0, 0.0, 0
     for b in range(B):
@@ -170,7 +170,7 @@ def test_topk_with_k_equal_v_is_full_reverse_kl():
     logits, t_logits, mask, _, _ = topk_inputs(seed=4)
     V = logits.shape[-1]
     s, t = select_topk(logits, t_logits, V)
-    loss, _ = topk_reverse_kl_loss(s, t, mask)
+    loss, _ = topk_renorm_loss(s, t, mask)
     ps, ls, lt = torch.softmax(logits, -1), torch.log_softmax(logits, -1), torch.log_softmax(t_logits, -1)
     full_kl = (ps * (ls - lt)).sum(-1)
     assert loss.item() == pytest.approx((full_kl * mask).sum().item() / mask.sum().item(), rel=1e-5)
@@ -182,9 +182,110 @@ def test_topk_grad_only_through_student_and_masked_positions_silent():
     t_logits.requires_grad_(True)
     s, t = select_topk(logits, t_logits, K)
     t_garbage = torch.where(mask.unsqueeze(-1), t, torch.full_like(t, float("nan")))
-    loss, _ = topk_reverse_kl_loss(s, t_garbage, mask, w)
+    loss, _ = topk_renorm_loss(s, t_garbage, mask, w)
     loss.backward()
     assert t_logits.grad is None or torch.count_nonzero(t_logits.grad) == 0
     assert torch.isfinite(logits.grad).all()
     assert torch.count_nonzero(logits.grad[~mask]) == 0
     assert torch.count_nonzero(logits.grad[mask]) > 0
+
+
+# ----------------------------------------------------------------------------- topk_recipe_loss
+def outside_topk(logits, K):
+    """(B, T, V) bool: tokens not among the student's top-K at each position."""
+    out = torch.ones_like(logits, dtype=torch.bool)
+    out.scatter_(-1, logits.topk(K, -1).indices, False)
+    return out
+
+
+def test_recipe_equals_hand_formula_values_and_gradients():
+    logits, t_logits, mask, w, K = topk_inputs(seed=5)
+    logits.requires_grad_(True)
+    s, t = select_topk(logits, t_logits, K)
+    loss, stats = topk_recipe_loss(s, t, mask, w)
+    loss.backward()
+    # by hand: A = p_s (log p_t - log p_s), constant; loss = mean_mask w * -sum_k A_k log p_s,k;
+    # d/dlogits of -sum_k A_k log p_s,k = -sum_k A_k (onehot_k - p_s) (all V logits)
+    B, T, V = logits.shape
+    ls = torch.log_softmax(logits.detach(), -1)
+    lt = torch.log_softmax(t_logits, -1)
+    idx = ls.topk(K, -1).indices
+    total, kl_sum, n = 0.0, 0.0, int(mask.sum())
+    grad = torch.zeros(B, T, V)
+    for b in range(B):
+        for i in range(T):
+            if not mask[b, i]:
+                continue
+            p = ls[b, i].exp()
+            g = torch.zeros(V)
+            for k in idx[b, i].tolist():
+                A = p[k].item() * (lt[b, i, k].item() - ls[b, i, k].item())
+                total += w[b, i].item() * -A * ls[b, i, k].item()
+                kl_sum += -A
+                onehot = torch.zeros(V)
+                onehot[k] = 1.0
+                g += -A * (onehot - p)
+            grad[b, i] = w[b, i] * g / n
+    assert loss.item() == pytest.approx(total / n, rel=1e-5)
+    assert stats["kl"] == pytest.approx(kl_sum / n, rel=1e-5) and stats["n_tokens"] == n
+    assert torch.allclose(logits.grad, grad, atol=1e-6)
+
+
+def test_gradient_outside_the_student_topk_recipe_nonzero_renorm_exactly_zero():
+    logits, t_logits, mask, w, K = topk_inputs(seed=6)
+    out = outside_topk(logits, K) & mask[..., None]
+    grads = {}
+    for name, fn in (("recipe", topk_recipe_loss), ("renorm", topk_renorm_loss)):
+        x = logits.clone().requires_grad_(True)
+        s, t = select_topk(x, t_logits, K)
+        fn(s, t, mask, w)[0].backward()
+        grads[name] = x.grad
+    # renormalised: the loss is invariant to shifting a position's K log-probs, so the
+    # log-normaliser (the only path to logits outside the top-k) gets sum_k dL/ds_k = 0:
+    # zero up to float rounding of that sum (~1e-10 here, against top-k gradients ~1e-2)
+    inside = grads["renorm"][~outside_topk(logits, K) & mask[..., None]].abs().max()
+    assert inside > 1e-3
+    assert grads["renorm"][out].abs().max() <= 1e-6 * inside
+    # the recipe's advantages are constants: the normaliser gets -sum_k A_k != 0, and every
+    # logit outside the top-k moves, by a non-negligible amount
+    assert (grads["recipe"][out].abs() > 1e-4 * inside).float().mean() > 0.99
+
+
+def test_recipe_and_renorm_zero_gradient_when_teacher_equals_student():
+    logits, _, mask, w, K = topk_inputs(seed=7)
+    for fn in (topk_recipe_loss, topk_renorm_loss):
+        x = logits.clone().requires_grad_(True)
+        s, _ = select_topk(x, x.detach(), K)
+        loss, stats = fn(s, s.detach().clone(), mask, w)
+        loss.backward()
+        assert x.grad.abs().max().item() < 1e-7, fn.__name__
+        assert stats["kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("fn", [topk_recipe_loss, topk_renorm_loss])
+def test_topk_weights_multiply_each_positions_terms(fn):
+    logits, t_logits, mask, w, K = topk_inputs(seed=10)
+    s, t = select_topk(logits, t_logits, K)
+    n = int(mask.sum())
+    # per-position terms: the loss with a one-hot weight on that position, times n
+    per_pos = torch.zeros(mask.shape)
+    for b, i in mask.nonzero().tolist():
+        one = torch.zeros(mask.shape)
+        one[b, i] = 1.0
+        per_pos[b, i] = fn(s, t, mask, one)[0].item() * n
+    loss, _ = fn(s, t, mask, w)
+    assert loss.item() == pytest.approx(float((w * per_pos * mask).sum()) / n, rel=1e-5)
+    # weights count, the token number divides: halving every weight halves the loss
+    assert fn(s, t, mask, w / 2)[0].item() == pytest.approx(loss.item() / 2, rel=1e-6)
+
+
+def test_recipe_with_k_equal_v_has_the_full_reverse_kl_gradient():
+    logits, t_logits, mask, _, _ = topk_inputs(seed=11)
+    V = logits.shape[-1]
+    x = logits.clone().requires_grad_(True)
+    s, t = select_topk(x, t_logits, V)
+    topk_recipe_loss(s, t, mask)[0].backward()
+    y = logits.clone().requires_grad_(True)
+    ls, lt = torch.log_softmax(y, -1), torch.log_softmax(t_logits, -1)
+    ((ls.exp() * (ls - lt)).sum(-1) * mask).sum().div(mask.sum()).backward()
+    assert torch.allclose(x.grad, y.grad, atol=1e-6)

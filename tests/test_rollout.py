@@ -11,7 +11,7 @@ from pgopd.policies import make_policy
 from pgopd.rollout.hf import HFSampler, generate, sample_tokens
 from pgopd.rollout.loop import rollout
 from pgopd.rollout.scorer import TeacherScorer
-from pgopd.train import assemble
+from pgopd.update import assemble
 
 V, PAD, EOS = 40, 0, 1
 
@@ -176,3 +176,65 @@ def test_generate_stops_at_eos_and_is_seeded(student):
     for x in a:
         assert len(x["tokens"]) <= 20
         assert EOS not in x["tokens"][:-1]
+
+
+# ----------------------------------------------------------------------------- row groups
+def _rollout_grouped(student, teacher, method, max_live_rows, group_offset=0, **kw):
+    from pgopd.rollout.loop import rollout_in_groups
+
+    cfg = parse_dataclass(TrainConfig, {"max_new_tokens": 16, "chunk_size": 4, "loss_top_k": 4,
+                                        "pgopd": {"prefix_len": 8, "probe_end": 8},
+                                        "controls": {"random_continue_rate": 0.5}, **kw}, "train")
+    n = 3
+    make = lambda r0: HFSampler(student, EOS, PAD, topk=8, seed=77, row_offset=r0, n_global=len(PROMPTS) * n)
+    return rollout_in_groups(make, TeacherScorer(teacher, PAD, topk=8, chunk_tokens=5),
+                             make_policy(method, cfg, seed=4), PROMPTS, n_samples=n, max_live_rows=max_live_rows,
+                             step=2, group_offset=group_offset, max_new_tokens=16, chunk_size=4, overlap_k=8,
+                             loss_top_k=4)
+
+
+FIELDS = ("cid", "group", "tokens", "finished", "stopped", "keep", "train_len")
+
+
+@pytest.mark.parametrize("method", ["pgopd", "random_prune", "pruneopd"])
+def test_row_groups_equal_one_rollout(student, teacher, method):
+    """max_live_rows splits the rollout into whole prompt groups; the result is the same as
+    one rollout: candidates, decisions (random_prune's draws included), teacher scores."""
+    one = _rollout_grouped(student, teacher, method, 0, group_offset=5)
+    decisions = [(c.stopped, c.keep, c.train_len) for c in one.cands]
+    assert len(set(decisions)) > 1, "the test wants candidates decided differently"
+    for rows in (3, 4, 7):  # 1, 1 and 2 prompts (of 3 samples) per group
+        g = _rollout_grouped(student, teacher, method, rows, group_offset=5)
+        assert [[getattr(c, f) for f in FIELDS] for c in g.cands] == [[getattr(c, f) for f in FIELDS] for c in one.cands]
+        assert [c.info.get("continued") for c in g.cands] == [c.info.get("continued") for c in one.cands]
+        for a, b in zip(g.cands, one.cands):
+            assert torch.allclose(torch.tensor(a.teacher_logp), torch.tensor(b.teacher_logp), atol=1e-5)
+            assert torch.allclose(torch.tensor(a.weights), torch.tensor(b.weights), atol=1e-6)
+            assert torch.allclose(torch.tensor(a.overlap), torch.tensor(b.overlap))
+        assert g.prompts == one.prompts
+        assert all(torch.equal(x, y) for x, y in zip(g.student_topk_ids, one.student_topk_ids))
+        assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(g.teacher_logp_topk, one.teacher_logp_topk))
+        assert g.tokens_teacher_scored == one.tokens_teacher_scored == one.tokens_generated
+
+
+def test_row_groups_bound_the_live_batch(student, teacher):
+    seen = []
+
+    class Spy(TeacherScorer):
+        def start(self, prompts):
+            seen.append(len(prompts))
+            return super().start(prompts)
+
+    from pgopd.rollout.loop import rollout_in_groups
+
+    cfg = parse_dataclass(TrainConfig, {"max_new_tokens": 8, "chunk_size": 4,
+                                        "pgopd": {"prefix_len": 4, "probe_end": 4}}, "train")
+    rollout_in_groups(lambda r0: HFSampler(student, EOS, PAD, topk=8, seed=1, row_offset=r0, n_global=12),
+                      Spy(teacher, PAD, topk=8), make_policy("opd", cfg, seed=0), PROMPTS, n_samples=3,
+                      max_live_rows=7, step=0, max_new_tokens=8, chunk_size=4, overlap_k=8)
+    assert seen == [6, 6]  # two whole prompt groups of 3 fit in 7 rows
+    seen.clear()
+    rollout_in_groups(lambda r0: HFSampler(student, EOS, PAD, topk=8, seed=1, row_offset=r0, n_global=12),
+                      Spy(teacher, PAD, topk=8), make_policy("opd", cfg, seed=0), PROMPTS, n_samples=3,
+                      max_live_rows=2, step=0, max_new_tokens=8, chunk_size=4, overlap_k=8)
+    assert seen == [3, 3, 3, 3]  # fewer rows than a prompt group: one whole group at a time

@@ -1,6 +1,7 @@
 """The train stage as a real subprocess: kill-and-resume equality, SIGTERM checkpoint,
 non-finite guard, tokenizer mismatch, and the top-k loss path."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -118,3 +119,29 @@ def test_topk_loss_trains(setup, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ms = metrics(tmp_path / "o")
     assert len(ms) == 2 and all(m["loss"] >= 0 for m in ms)  # a KL, not a PG surrogate
+
+
+@pytest.mark.slow
+def test_real_shape_models_train_with_micro_batches_row_groups_and_offload(tmp_path):
+    """Qwen3 shapes (vocabulary 151,936 > the tokenizer's 102 ids, head_dim 128, GQA, tied
+    student head) through the whole stage: rollout in row groups, chunked teacher scoring,
+    several micro-batches with chunked log-probs, the recipe loss, the teacher offloaded
+    during the update; sampled ids outside the tokenizer decode without error."""
+    from tiny import make_qwen3_train_dir
+
+    d = make_qwen3_train_dir(tmp_path / "q3")
+    out = tmp_path / "o"
+    r = subprocess.run(cmd(d, out, method="pgopd", steps=2, max_new_tokens=8, loss="topk_recipe", loss_top_k=4,
+                           max_tokens_per_micro_batch=40, max_live_rows=2, logprob_chunk_tokens=8,
+                           teacher_offload=True),
+                       env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ms = metrics(out)
+    assert len(ms) == 2 and all(m["n_micro_batches"] > 1 and math.isfinite(m["loss"]) for m in ms)
+    cands = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+    assert len(cands) == 2 * 2 * 2 and sorted({c["cid"] for c in cands}) == [0, 1, 2, 3]
+    assert any(c["stopped"] for c in cands)  # PG-OPD decided in each row group
+    w0 = load_file(d / "student/model.safetensors")
+    w1 = load_file(out / "checkpoint/model.safetensors")
+    assert w1["model.embed_tokens.weight"].shape == (151_936, 64) and "lm_head.weight" not in w1
+    assert not torch.equal(w0["model.embed_tokens.weight"], w1["model.embed_tokens.weight"])

@@ -29,3 +29,30 @@ def make_train_dir(d):
         "easy": {"n": 4, "ops": 1}}}, "data"), d / "data")
     (d / "cache").mkdir()
     return d
+
+
+def save_qwen3_model(tok, seed, path, tied, hidden=64, layers=2):
+    """A random Qwen3 with the real model shapes where they cost memory -- vocabulary 151,936
+    (far more ids than ``tok`` has, as Qwen's tokenizer), head_dim 128, GQA (4 heads / 2 KV
+    heads) -- and a narrow hidden size / few layers; saved with ``tok`` to ``path``."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=151_936, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=128,
+                      max_position_embeddings=512, tie_word_embeddings=tied, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id)
+    Qwen3ForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_qwen3_train_dir(d):
+    """:func:`make_train_dir` with Qwen3-shaped models: an untied teacher, a tied student."""
+    from pgopd.models.tokenizer import build_char_tokenizer
+
+    make_train_dir(d)
+    tok = build_char_tokenizer()
+    save_qwen3_model(tok, 0, d / "teacher", tied=False)
+    save_qwen3_model(tok, 1, d / "student", tied=True)
+    return d

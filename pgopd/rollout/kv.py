@@ -39,36 +39,42 @@ class KVBatch:
     def batch_size(self) -> int:
         return self.mask_BL.shape[0]
 
-    def _run(self, ids_BC: torch.Tensor) -> torch.Tensor:
+    def _run(self, ids_BC: torch.Tensor, hidden: bool = False) -> torch.Tensor:
         C = ids_BC.shape[1]
         # positions count only real tokens, so left padding does not shift them
         pos_BL = self.mask_BL.cumsum(-1) - 1
         pos_BC = pos_BL[:, -C:].clamp(min=0)
-        out = self.model(input_ids=ids_BC, attention_mask=self.mask_BL, position_ids=pos_BC,
-                         past_key_values=self.cache, use_cache=True)
+        # hidden: the base model only (final hidden states, (B, C, H)), no (B, C, V) logits
+        model = self.model.get_decoder() if hidden else self.model
+        out = model(input_ids=ids_BC, attention_mask=self.mask_BL, position_ids=pos_BC,
+                    past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
-        return out.logits
+        return out.last_hidden_state if hidden else out.logits
 
     @torch.no_grad()
-    def prefill(self) -> torch.Tensor:
-        """Run the prompts; returns logits of the next token, ``(B, V)``."""
+    def prefill(self, hidden: bool = False) -> torch.Tensor:
+        """Run the prompts; returns logits of the next token, ``(B, V)`` (``hidden``: the
+        final hidden state there instead, ``(B, H)``)."""
         if self.cache is not None:
             raise RuntimeError("prefill called twice")
         from transformers import DynamicCache
 
         self.cache = DynamicCache()
-        return self._run(self.prompt_ids_BL)[:, -1].float()
+        out = self._run(self.prompt_ids_BL, hidden)[:, -1]
+        return out if hidden else out.float()
 
     @torch.no_grad()
-    def forward_new(self, tokens_BC: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens_BC`` and return logits at the new positions, ``(B, C, V)``."""
+    def forward_new(self, tokens_BC: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+        """Append ``tokens_BC`` and return logits at the new positions, ``(B, C, V)``
+        (``hidden``: final hidden states, ``(B, C, H)``, in the model's dtype)."""
         if self.cache is None:
             raise RuntimeError("forward_new before prefill")
         tokens_BC = tokens_BC.to(self.device)
         ones = torch.ones((tokens_BC.shape[0], tokens_BC.shape[1]), dtype=self.mask_BL.dtype,
                           device=self.device)
         self.mask_BL = torch.cat([self.mask_BL, ones], dim=1)
-        return self._run(tokens_BC).float()
+        out = self._run(tokens_BC, hidden)
+        return out if hidden else out.float()
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (indices into the current batch), cache included."""

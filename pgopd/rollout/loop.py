@@ -121,3 +121,38 @@ def rollout(sampler, scorer, policy: Policy, prompts: list[list[int]], *, n_samp
         res.student_topk_ids = [torch.cat(x) if x else torch.zeros((0, k), dtype=torch.long) for x in s_topk]
         res.teacher_logp_topk = [torch.cat(x) if x else torch.zeros((0, k)) for x in t_topk]
     return res
+
+
+def rollout_in_groups(make_sampler, scorer, policy: Policy, prompts: list[list[int]], *, n_samples: int,
+                      max_live_rows: int, step: int, group_offset: int = 0, **kw) -> RolloutResult:
+    """:func:`rollout` over groups of at most ``max_live_rows`` rows, concatenated as one.
+
+    Groups hold whole prompt groups (the ``n_samples`` candidates of a prompt stay together:
+    the policies decide per prompt group), at least one prompt; ``max_live_rows <= 0`` = all
+    rows at once.  Only one group is live at a time, so the student's and the teacher's KV
+    caches hold at most that many rows.  ``make_sampler(row_start)`` builds the sampler of the
+    rows starting at ``row_start`` (this process's row index: the ``hf`` sampler's noise is
+    keyed on it, so grouping draws the same tokens).  ``policy.begin_step(step, group_offset
+    + first prompt of the group)`` runs before each group, so per-group random draws match
+    one big rollout; candidate ids and groups are renumbered to the whole batch's.
+    ``kw``: the other arguments of :func:`rollout`.
+    """
+    import dataclasses
+
+    per = len(prompts) if max_live_rows <= 0 else max(1, max_live_rows // n_samples)
+    parts = []
+    for g0 in range(0, len(prompts), max(per, 1)):
+        policy.begin_step(step, group_offset=group_offset + g0)
+        part = rollout(make_sampler(g0 * n_samples), scorer, policy, prompts[g0:g0 + per],
+                       n_samples=n_samples, **kw)
+        for c in part.cands:
+            c.cid += g0 * n_samples
+            c.group += g0
+        parts.append(part)
+    if len(parts) == 1:
+        return parts[0]
+    merged = {}
+    for f in dataclasses.fields(RolloutResult):
+        vals = [getattr(p, f.name) for p in parts]
+        merged[f.name] = [x for v in vals for x in v] if isinstance(vals[0], list) else sum(vals)
+    return RolloutResult(**merged)

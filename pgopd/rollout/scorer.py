@@ -17,34 +17,42 @@ class TeacherScores:
 
 
 class TeacherScorer:
-    def __init__(self, model, pad_id: int, topk: int = 8):
-        self.model, self.pad_id, self.topk = model, pad_id, topk
+    """The teacher over its own :class:`KVBatch`: ``start`` on the prompts, ``score`` each
+    chunk once, ``select`` the rows that stay live.
+
+    Memory: the forward returns final hidden states, and log p_T is computed from them a
+    ``chunk_tokens`` block of positions at a time (``pgopd.logprobs.teacher_pieces``): no
+    (B, C, V) tensor is made, only (chunk_tokens, V) logits."""
+
+    def __init__(self, model, pad_id: int, topk: int = 8, chunk_tokens: int = 1024):
+        self.model, self.pad_id, self.topk, self.chunk_tokens = model, pad_id, topk, chunk_tokens
         self.n_scored = 0  # valid tokens scored so far (each exactly once)
 
     def start(self, prompts: list[list[int]]) -> None:
         self.kv = KVBatch(self.model, prompts, self.pad_id)
         self.n_scored = 0
-        self.next_logits_BV = self.kv.prefill()
+        self.next_hidden_BH = self.kv.prefill(hidden=True)
 
     @torch.no_grad()
     def score(self, tokens_BC: torch.Tensor, valid_BC: torch.Tensor,
               student_topk_ids_BCK: torch.Tensor | None = None) -> TeacherScores:
         """Score ``tokens_BC`` (the chunk just generated for the live rows)."""
-        new_BCV = self.kv.forward_new(tokens_BC)
-        # logits predicting token t come from position t-1: the held-over last position of
-        # the previous chunk (or the prompt) followed by this chunk's first C-1 positions
-        logits_BCV = torch.cat([self.next_logits_BV[:, None], new_BCV[:, :-1]], dim=1)
-        self.next_logits_BV = new_BCV[:, -1]
-        logp_BCV = torch.log_softmax(logits_BCV, -1)
+        from ..logprobs import teacher_pieces
+
+        new_BCH = self.kv.forward_new(tokens_BC, hidden=True)
+        # the state predicting token t comes from position t-1: the held-over last position
+        # of the previous chunk (or the prompt) followed by this chunk's first C-1 positions
+        h_BCH = torch.cat([self.next_hidden_BH[:, None], new_BCH[:, :-1]], dim=1)
+        self.next_hidden_BH = new_BCH[:, -1]
+        B, C, H = h_BCH.shape
         self.n_scored += int(valid_BC.sum())
-        at_student = None
-        if student_topk_ids_BCK is not None:
-            at_student = logp_BCV.gather(-1, student_topk_ids_BCK.to(logp_BCV.device))
+        at = None if student_topk_ids_BCK is None else student_topk_ids_BCK.reshape(B * C, -1)
+        logp_N, top_NK, at_NK = teacher_pieces(h_BCH.reshape(B * C, H), self.model.get_output_embeddings(),
+                                               tokens_BC.reshape(-1), self.topk, self.chunk_tokens, at)
         return TeacherScores(  # plain CPU tensors for the policy and the update
-            logp_BC=logp_BCV.gather(-1, tokens_BC.to(logp_BCV.device)[..., None])[..., 0].cpu(),
-            topk_ids_BCK=logp_BCV.topk(min(self.topk, logp_BCV.shape[-1]), dim=-1).indices.cpu(),
-            logp_at_student_BCK=None if at_student is None else at_student.cpu())
+            logp_BC=logp_N.reshape(B, C).cpu(), topk_ids_BCK=top_NK.reshape(B, C, -1).cpu(),
+            logp_at_student_BCK=None if at_NK is None else at_NK.reshape(B, C, -1).cpu())
 
     def select(self, keep_B: torch.Tensor) -> None:
         self.kv.select(keep_B)
-        self.next_logits_BV = self.next_logits_BV.index_select(0, keep_B.to(self.next_logits_BV.device))
+        self.next_hidden_BH = self.next_hidden_BH.index_select(0, keep_B.to(self.next_hidden_BH.device))
