@@ -7,7 +7,7 @@ CORES  ?= 2
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install pipeline test bench clean-results
+.PHONY: install pipeline test bench bench-memory clean-results
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/rollout_bench.py
+
+# peak memory of the update vs the memory plan (CPU, ~4 min on 2 cores): bench/memory.json
+bench-memory: $(STAMP)
+	PYTHONPATH=. $(PY) bench/memory.py --out bench/memory.json
 
 clean-results:
 	rm -rf results .snakemake

@@ -316,11 +316,16 @@ def activation_bytes(x: PlanInputs) -> float:
 
 
 def logits_bytes(x: PlanInputs) -> float:
-    """Logits of one log-prob chunk through forward and backward: the lm-head output (db), its
-    fp32 copy (mixed precision), the log-sum-exp temporary, the recomputed logits' gradient
-    and the input gradient (4 B each)."""
+    """Logits of one log-prob chunk in backward (the chunk is recomputed there): the LM-head
+    output (db), its fp32 copy (mixed precision), the softmax and the logits' gradient (fp32)."""
     db = x.dtype_bytes
-    return x.logits_chunk_tokens * x.student.vocab * (db + (4 if db < 4 else 0) + 12)
+    return x.logits_chunk_tokens * x.student.vocab * (db + (4 if db < 4 else 0) + 8)
+
+
+def grad_transient_bytes(x: PlanInputs) -> float:
+    """A fresh gradient of the largest tensor (the embedding) while autograd adds it into the
+    accumulated one: micro-batches, LM-head chunks and a tied head all accumulate."""
+    return x.dtype_bytes * x.student.vocab * x.student.hidden
 
 
 def _update_terms(x: PlanInputs) -> list[Term]:
@@ -330,7 +335,9 @@ def _update_terms(x: PlanInputs) -> list[Term]:
     mb_knob = ("train.max_tokens_per_micro_batch",)
     act_knobs = mb_knob + (() if x.gradient_checkpointing else ("train.gradient_checkpointing",))
     out = [Term("activations (one micro-batch)", activation_bytes(x), act_knobs,
-                f"{T} tokens" + (", checkpointed" if x.gradient_checkpointing else ""))]
+                f"{T} tokens" + (", checkpointed" if x.gradient_checkpointing else "")),
+           Term("gradient accumulation transient", grad_transient_bytes(x), (),
+                "a fresh embedding gradient being added")]
     logits = Term("log-prob logits (fwd+bwd)", logits_bytes(x), ("train.logprob_chunk_tokens",),
                   f"{x.logits_chunk_tokens} positions x {x.student.vocab} vocab")
     recompute = T * x.student.act_bytes_per_token_layer(x.dtype_bytes) if x.gradient_checkpointing else 0

@@ -107,7 +107,7 @@ def test_terms_scale_with_their_knobs():
     assert kv == 32 * 8192 * 147_456
     assert _term(dataclasses.replace(x, live_rows=8), "scoring", "teacher KV (live rows)") == kv / 4
     lg = _term(dataclasses.replace(x, logprob_chunk=1024), "update", "log-prob logits (fwd+bwd)")
-    assert lg == 1024 * 151_936 * (2 + 4 + 12)
+    assert lg == 1024 * 151_936 * (2 + 4 + 8)
     assert _term(dataclasses.replace(x, logprob_chunk=2048), "update", "log-prob logits (fwd+bwd)") == 2 * lg
     a1 = _term(dataclasses.replace(x, micro_tokens=8192), "update", "activations (one micro-batch)")
     a4 = _term(dataclasses.replace(x, micro_tokens=4 * 8192), "update", "activations (one micro-batch)")
