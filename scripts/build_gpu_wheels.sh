@@ -37,6 +37,7 @@ for name in $BINARY; do
   done
 done
 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$DEST" "$ROOT"
+rm -rf "$ROOT/build"  # setuptools' build dir of the pgopd wheel
 pins+=("pgopd==$("$PY" -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "$ROOT/pyproject.toml")")
 printf '%s\n' "${pins[@]}" > "$DEST/requirements.txt"
 size=$(du -sb "$DEST" | cut -f1)
