@@ -32,16 +32,38 @@ How it maps onto the chunked loop
 Weight updates
 --------------
 :meth:`VLLMEngine.update_weights` pushes the trained student's tensors into the running
-engine: it serialises them (raw bytes + dtype + shape, in buckets) through
-``LLM.collective_rpc`` to :class:`PGOPDWorkerExtension`, which vLLM mixes into its worker
-(``worker_extension_cls``).  The worker stages the buckets and then loads them all at once
-with the model runner's ``reload_weights`` (layer-wise ``model.load_weights`` followed by
-the layer's ``process_weights_after_loading``; plain ``model.load_weights`` is the fallback
-for runners without it).  This matters on CPU, where vLLM repacks linear weights into
-oneDNN / SGL kernels and frees the originals: loading into the parameters alone would not
-change the output.  A tied LM head is repacked as well (vLLM does not reload it because no
-checkpoint tensor names it).  Afterwards the prefix cache is reset -- KV blocks computed
-with the old weights must not be reused.
+engine through ``LLM.collective_rpc`` to :class:`PGOPDWorkerExtension`, which vLLM mixes into
+its worker (``worker_extension_cls``).  The worker loads them with its own
+``Worker.reload_weights`` -- vLLM's worker-level API, which enters vLLM's config context and
+runs the model runner's layer-wise ``load_weights`` + ``process_weights_after_loading``
+(the model runner's ``reload_weights`` / ``model.load_weights`` are fallbacks for older
+workers).  This matters on CPU, where vLLM repacks linear weights into oneDNN / SGL kernels
+and frees the originals: loading into the parameters alone would not change the output.  A
+tied LM head is repacked as well (vLLM does not reload it because no checkpoint tensor names
+it).  Afterwards the prefix cache is reset -- KV blocks computed with the old weights must
+not be reused.
+
+How the tensors travel depends on where the engine runs:
+
+* **in-process** (``distributed=True``: ``distributed_executor_backend="external_launcher"``,
+  the training default; one engine inside each torchrun process, as verl's colocated
+  trainers do): ``collective_rpc`` is a plain method call on the worker, so the trainer's
+  tensors are handed over as they are -- on a GPU they never leave the device (no host
+  copy, no serialisation).
+* **separate engine-core process** (the default for evaluation / teacher caching and the
+  single-engine tests): tensors do not survive vLLM's msgpack RPC, so they are serialised
+  (raw bytes + dtype + shape, in buckets of ``bucket_bytes``), staged on the worker and
+  loaded in one pass.
+
+Placement: with ``distributed=True`` each rank's engine is bound to its own accelerator:
+vLLM's worker takes ``cuda:LOCAL_RANK`` from the torchrun variables
+(:func:`rank_engine_options`), so eight training processes get eight engines on eight GPUs
+(without it every engine would take device 0).  The engine reuses the trainer's
+``torch.distributed`` group; with ``tensor_parallel_size`` 1 every rank is its own
+model-parallel group and generates its own rows.
+
+CUDA graphs: ``enforce_eager=None`` (the default) means eager on CPU and CUDA graphs on GPU
+(:func:`resolve_enforce_eager`).
 
 ``mode`` picks the placement:
 
@@ -148,6 +170,51 @@ def checkpoint_tensor_names(model_path: str | os.PathLike) -> set[str] | None:
     return names
 
 
+def resolve_enforce_eager(value: bool | None, *, on_gpu: bool) -> bool:
+    """``enforce_eager`` of an engine: an explicit value as given; None (auto) means eager on
+    CPU (no CUDA graphs there) and CUDA graphs on GPU (decoding at batch 32 is launch-bound
+    without them)."""
+    return (not on_gpu) if value is None else bool(value)
+
+
+def rank_engine_options(env: Mapping[str, str] | None = None, *, cuda: bool | None = None) -> dict:
+    """What the engine of one training process (torchrun rank) is built with.
+
+    ``distributed_executor_backend="external_launcher"``: vLLM runs its one worker inside this
+    process, on ``cuda:LOCAL_RANK`` (GPU) and with this process's rank, reusing the trainer's
+    ``torch.distributed`` group.  Returns ``{"engine": LLM kwargs, "rank", "local_rank",
+    "world_size", "device"}``; raises naming the torchrun variable that is missing.
+    """
+    env = os.environ if env is None else env
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    vals = {}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        if not env.get(key):
+            raise RuntimeError(f"vllm backend: {key} is not set; the per-rank engine "
+                               "(external_launcher) needs the torchrun variables RANK, LOCAL_RANK, "
+                               "WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
+        vals[key] = env[key]
+    rank, local_rank, world = int(vals["RANK"]), int(vals["LOCAL_RANK"]), int(vals["WORLD_SIZE"])
+    if not 0 <= rank < world:
+        raise RuntimeError(f"vllm backend: RANK {rank} is outside WORLD_SIZE {world}")
+    return {"engine": {"distributed_executor_backend": "external_launcher"}, "rank": rank,
+            "local_rank": local_rank, "world_size": world,
+            "device": f"cuda:{local_rank}" if cuda else "cpu"}
+
+
+def _load_into_worker(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Load checkpoint-format tensors through the worker-level API (inside vLLM's config
+    context), falling back to the model runner for workers without it."""
+    if callable(getattr(type(worker), "reload_weights", None)):
+        worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    elif hasattr(worker.model_runner, "reload_weights"):
+        worker.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    else:  # older runners: the RLHF-example path
+        worker.model_runner.model.load_weights(weights)
+    _refresh_vocab_kernels(worker.model_runner.model)
+
+
 class PGOPDWorkerExtension:
     """Mixed into vLLM's worker class (``worker_extension_cls``); its methods are called on
     every worker through ``LLM.collective_rpc``.  ``self`` is the vLLM worker: it has
@@ -168,14 +235,22 @@ class PGOPDWorkerExtension:
         weights = self.__dict__.pop("_pgopd_staged", [])
         if not weights:
             return 0
-        runner = self.model_runner
-        if hasattr(runner, "reload_weights"):
-            # layer-wise load + process_weights_after_loading (kernel repacking on CPU)
-            runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
-        else:  # older runners: the RLHF-example path
-            runner.model.load_weights(weights)
-        _refresh_vocab_kernels(runner.model)
+        _load_into_worker(self, weights)
         return len(weights)
+
+    def pgopd_load_weights(self, weights: list) -> int:
+        """In-process engines: ``(name, tensor)`` pairs as the trainer holds them (same device,
+        no copy) loaded in one pass; returns their number."""
+        weights = list(weights)
+        if weights:
+            _load_into_worker(self, weights)
+        return len(weights)
+
+    def pgopd_placement(self) -> dict:
+        """Where this worker runs: its rank, local rank, device and process (tests, logs)."""
+        dev = getattr(self, "device", None)
+        return {"rank": getattr(self, "rank", None), "local_rank": getattr(self, "local_rank", None),
+                "device": str(dev) if dev is not None else None, "pid": os.getpid()}
 
     def pgopd_param_summary(self) -> dict:
         """``name -> [shape, dtype]`` of the vLLM model's parameters (debugging aid)."""
@@ -210,11 +285,11 @@ class VLLMEngine:
     """
 
     def __init__(self, model_path: str, *, mode: str = "separate", dtype: str = "auto", seed: int = 0,
-                 max_model_len: int | None = None, max_logprobs: int = 20, enforce_eager: bool = True,
+                 max_model_len: int | None = None, max_logprobs: int = 20, enforce_eager: bool | None = None,
                  block_size: int | None = None, kv_cache_gib: float | None = None,
                  gpu_memory_utilization: float | None = None, sleep_level: int = 1,
-                 bucket_bytes: int = 256 << 20, llm=None, sleep_available: bool | None = None,
-                 **engine_kwargs):
+                 bucket_bytes: int = 256 << 20, distributed: bool = False, llm=None,
+                 sleep_available: bool | None = None, inproc: bool | None = None, **engine_kwargs):
         if mode not in MODES:
             raise ValueError(f"VLLMEngine: mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.model_path, self.mode = str(model_path), mode
@@ -225,6 +300,7 @@ class VLLMEngine:
             self.llm = llm
             self.sleep_available = bool(sleep_available)
             self.max_model_len = max_model_len
+            self.inproc = bool(inproc if inproc is not None else distributed)
             return
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -233,17 +309,27 @@ class VLLMEngine:
         if mode == "colocate" and not self.sleep_available:
             log.warning("vllm backend: sleep mode is not available on %s; the colocated engine "
                         "keeps its memory (sleep/wake_up do nothing)", current_platform.device_name)
-        kw = dict(model=self.model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+        kw = dict(model=self.model_path, dtype=dtype, seed=seed,
+                  enforce_eager=resolve_enforce_eager(enforce_eager, on_gpu=current_platform.is_cuda_alike()),
                   enable_prefix_caching=True, logprobs_mode="raw_logprobs", max_logprobs=max_logprobs,
                   skip_tokenizer_init=True, generation_config="vllm",
                   worker_extension_cls=EXTENSION_QUALNAME, enable_sleep_mode=self.sleep_available)
+        if distributed:  # one engine per torchrun process, on that process's device
+            opts = rank_engine_options()
+            if opts["device"].startswith("cuda"):
+                torch.cuda.set_device(opts["local_rank"])
+            kw.update(opts["engine"])
         optional = dict(max_model_len=max_model_len, block_size=block_size,
                         gpu_memory_utilization=gpu_memory_utilization,
                         kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * (1 << 30)))
         kw.update({k: v for k, v in optional.items() if v is not None})
         kw.update(engine_kwargs)
+        self.engine_options = kw
         self.llm = LLM(**kw)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        # external_launcher runs the engine core and its worker in this process
+        self.inproc = (kw.get("distributed_executor_backend") == "external_launcher"
+                       or os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0")
 
     # -- placement -------------------------------------------------------------------------
     def sleep(self) -> None:
@@ -280,16 +366,10 @@ class VLLMEngine:
             raise ValueError("update_weights: no tensors given")
         if self._asleep:
             self.llm.wake_up(tags=["weights"])
-        try:
-            for bucket in _buckets(named, self.bucket_bytes):
-                self.llm.collective_rpc("pgopd_stage_weights", args=(encode_tensors(bucket),))
-            counts = self.llm.collective_rpc("pgopd_commit_weights")
-        except BaseException:
-            try:
-                self.llm.collective_rpc("pgopd_discard_weights")
-            except Exception:  # noqa: BLE001 -- the original error matters more
-                pass
-            raise
+        if self.inproc:  # a method call on this process's worker: tensors as they are (GPU stays GPU)
+            counts = self.llm.collective_rpc("pgopd_load_weights", args=(named,))
+        else:
+            counts = self._send_serialised(named)
         if self._asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self._asleep = False
@@ -300,6 +380,19 @@ class VLLMEngine:
             raise RuntimeError("update_weights: the prefix cache could not be reset")
         self.weight_version += 1
         return len(named)
+
+    def _send_serialised(self, named: list[tuple[str, torch.Tensor]]) -> list[int]:
+        """Engine core in another process: tensors travel as bytes in buckets (host copy)."""
+        try:
+            for bucket in _buckets(named, self.bucket_bytes):
+                self.llm.collective_rpc("pgopd_stage_weights", args=(encode_tensors(bucket),))
+            return self.llm.collective_rpc("pgopd_commit_weights")
+        except BaseException:
+            try:
+                self.llm.collective_rpc("pgopd_discard_weights")
+            except Exception:  # noqa: BLE001 -- the original error matters more
+                pass
+            raise
 
     def shutdown(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
