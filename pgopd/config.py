@@ -148,6 +148,8 @@ class TeacherCacheConfig:
     batch_size: int = opt(256, "prompts per generation batch", min=1)
     seed: int = opt(0, "sampling seed", min=0)
     backend: str = opt("hf", "generation backend", choices=("hf", "vllm"))
+    vllm_enforce_eager: Optional[bool] = opt(None, "vllm backend: no CUDA graphs (null = auto: CUDA graphs "
+                                             "on GPU, eager on CPU)")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -198,7 +200,9 @@ class VLLMConfig:
                                     min=1)
     gpu_memory_utilization: Optional[float] = opt(None, "fraction of GPU memory for the engine",
                                                   min=0.0, max=1.0)
-    tensor_parallel_size: int = opt(1, "GPUs per engine", min=1)
+    tensor_parallel_size: int = opt(1, "GPUs per engine (several training processes: 1, one engine per "
+                                    "process on its own GPU)", min=1)
+    enforce_eager: Optional[bool] = opt(None, "no CUDA graphs (null = auto: CUDA graphs on GPU, eager on CPU)")
 
 
 @dataclass
@@ -243,6 +247,8 @@ class EvalConfig:
     grade_timeout_s: float = opt(5.0, "math-verify time limit per answer (s)", min=0.1)
     seed: int = opt(1234, "sampling seed", min=0)
     backend: str = opt("hf", "generation backend", choices=("hf", "vllm"))
+    vllm_enforce_eager: Optional[bool] = opt(None, "vllm backend: no CUDA graphs (null = auto: CUDA graphs "
+                                             "on GPU, eager on CPU)")
 
 
 @dataclass
