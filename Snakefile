@@ -17,6 +17,10 @@ import pgopd.workflow as W
 # defaults of pgopd/config.py, which are exactly the values written in config/config.yaml.
 if workflow.config_settings.configfiles:
     workflow.config_settings.replace_workflow_config = True
+else:
+    # a YAML syntax error in the default config: file and line (Snakemake names neither).
+    # A --configfile is read before this file runs: `pgopd check-config <file>` does it there.
+    W.C.load_yaml("config/config.yaml")
 
 
 configfile: "config/config.yaml"

@@ -105,7 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes the figures (<name>.png) and their data (<name>.csv)")
 
     p = sub.add_parser("schema", help="Print the JSON schema of the whole config (workflow/schemas/).")
+    p = sub.add_parser("check-config", help="Check config files as `snakemake -n` does, and their YAML "
+                       "syntax (file and line; Snakemake names neither for a --configfile).")
+    p.add_argument("files", nargs="+", type=Path, help="YAML config files (e.g. config/paper.yaml)")
     return ap
+
+
+def _check_config(files) -> int:
+    from . import workflow as W
+
+    for f in files:
+        try:
+            W.load_config(C.load_yaml(f))
+        except (C.ConfigError, OSError) as e:
+            print(f"pgopd check-config: {f}: {e}" if not str(e).startswith(str(f)) else
+                  f"pgopd check-config: {e}", file=sys.stderr)
+            return 2
+        print(f"{f}: ok")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -116,6 +133,8 @@ def main(argv=None) -> int:
     if args.stage == "schema":
         print(json.dumps(C.json_schema(), indent=2))
         return 0
+    if args.stage == "check-config":
+        return _check_config(args.files)
     if hasattr(args, "_cls"):
         try:
             args.cfg = _params(args._cls, args._prefix)(args.params)

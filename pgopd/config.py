@@ -452,12 +452,26 @@ def parse(raw: dict) -> Config:
     return parse_dataclass(Config, raw)
 
 
-def load(path: str | Path) -> Config:
+def load_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error names the file, line and column (one line)."""
     import yaml
 
-    with open(path) as fh:
-        raw = yaml.safe_load(fh)
-    return parse(raw)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        what = "; ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{where}: YAML syntax error: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML syntax error: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def load(path: str | Path) -> Config:
+    return parse(load_yaml(path))
 
 
 def to_dict(obj) -> Any:
