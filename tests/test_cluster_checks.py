@@ -19,7 +19,7 @@ import yaml
 
 from pgopd import workflow as W
 from pgopd.config import ConfigError
-from wfcopy import copy_workflow
+from wfcopy import copy_workflow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -317,3 +317,36 @@ def test_no_reference_to_a_missing_file():
     for f in ("config/paper.yaml", "slurm/config.yaml", "README.md", "config/config.yaml"):
         for ref in re.findall(r"\b((?:docs|config|slurm|scripts)/[\w./-]+\.(?:md|yaml|sh))", (ROOT / f).read_text()):
             assert (ROOT / ref).exists(), (f, ref)
+
+
+def _readme_train_line() -> str:
+    text = (ROOT / "README.md").read_text()
+    return next(x for x in text.splitlines() if x.startswith(': "${SLURM_JOB_ID:?') and " srun " in x)
+
+
+def _launch_part(line: str) -> tuple[str, str]:
+    """(before the interpreter, torchrun's arguments up to the program), interpreter path left out."""
+    m = re.match(r"(.*) \S+ -m torch\.distributed\.run (.*?)(?: --no-python | -m pgopd\.cli)", line)
+    assert m, line
+    return m.groups()
+
+
+@pytest.mark.skipif(not _has_slurm_plugin(), reason="snakemake-executor-plugin-slurm is not installed")
+def test_readme_multinode_dry_run_renders_its_torchrun_line(tmp_path):
+    """The README's `snakemake --profile slurm --configfile config/paper.yaml config/two_nodes.yaml
+    -n -p` (profile filled in): 18 two-node train jobs, each with the README's launch line."""
+    wd = copy_workflow(tmp_path)
+    _profile(wd, "filled")
+    r = subprocess.run([str(SNAKEMAKE), "--profile", "slurm", "--configfile", "config/paper.yaml",
+                        "config/two_nodes.yaml", "-n", "-p"], cwd=wd, env=_env(wd), capture_output=True,
+                       text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    trains = [x for x in out.splitlines() if " train --params " in x]
+    assert len(trains) == 18
+    want = _launch_part(_readme_train_line())
+    for line in trains:
+        got = _launch_part(line.removeprefix("Shell command: "))
+        assert got == want, (got, want)
+    assert "nodes=2, gres=gpu:8, mpi=srun, tasks=2" in out
+    assert not (wd / "results").exists()
