@@ -77,7 +77,8 @@ CUDA graphs: ``enforce_eager=None`` (the default) means eager on CPU and CUDA gr
 
 Use in a training loop (one engine for the whole run)::
 
-    engine = VLLMEngine(student_dir, dtype="auto", seed=seed, mode="separate")
+    engine = VLLMEngine(student_dir, dtype="auto", seed=seed, mode="colocate",
+                        distributed=True)             # under torchrun: this rank's own engine
     for step in range(steps):
         engine.update_weights(student_module)    # HF names; ZeRO-3: gather the params first
         sampler = make_vllm_sampler(engine, eos_id=eos, pad_id=pad, temperature=T, top_p=p,
@@ -281,6 +282,9 @@ class VLLMEngine:
     cache size (``kv_cache_memory_bytes``; on CPU ``VLLM_CPU_KVCACHE_SPACE`` also works).
     ``block_size``: the prefix-cache granularity (CPU default 128, multiples of 32 only); with
     short prompts and chunks (the toy task) use 32 so continuations actually hit the cache.
+    ``distributed``: one engine inside this torchrun process, on its own device
+    (``external_launcher``; needs RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT).
+    ``enforce_eager``: None = auto (eager on CPU, CUDA graphs on GPU).
     ``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``tensor_parallel_size``).
     """
 
