@@ -105,23 +105,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes the figures (<name>.png) and their data (<name>.csv)")
 
     p = sub.add_parser("schema", help="Print the JSON schema of the whole config (workflow/schemas/).")
-    p = sub.add_parser("check-config", help="Check config files as `snakemake -n` does, and their YAML "
-                       "syntax (file and line; Snakemake names neither for a --configfile).")
-    p.add_argument("files", nargs="+", type=Path, help="YAML config files (e.g. config/paper.yaml)")
+    p = sub.add_parser("check-config", help="Check config files as `snakemake -n --configfile <files>` does, "
+                       "and their YAML syntax (file and line; Snakemake names neither for a --configfile).")
+    p.add_argument("files", nargs="+", type=Path,
+                   help="YAML config files, merged in order as Snakemake does (e.g. config/paper.yaml "
+                        "config/two_nodes.yaml)")
     return ap
 
 
+def _merge(into: dict, new: dict) -> dict:
+    """Deep merge, as Snakemake merges several --configfile (later files win)."""
+    for k, v in new.items():
+        into[k] = _merge(dict(into[k]), v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
+    return into
+
+
 def _check_config(files) -> int:
+    """The config that `snakemake --configfile <files>` would see, checked as the Snakefile does."""
     from . import workflow as W
 
-    for f in files:
-        try:
-            W.load_config(C.load_yaml(f))
-        except (C.ConfigError, OSError) as e:
-            print(f"pgopd check-config: {f}: {e}" if not str(e).startswith(str(f)) else
-                  f"pgopd check-config: {e}", file=sys.stderr)
-            return 2
-        print(f"{f}: ok")
+    raw: dict = {}
+    try:
+        for f in files:
+            part = C.load_yaml(f)
+            if part is not None and not isinstance(part, dict):
+                raise C.ConfigError(f"{f}: expected a mapping of config keys, got {type(part).__name__}")
+            _merge(raw, part or {})
+        W.load_config(raw)
+    except (C.ConfigError, OSError) as e:
+        print(f"pgopd check-config: {e}", file=sys.stderr)
+        return 2
+    print(f"{' + '.join(map(str, files))}: ok")
     return 0
 
 

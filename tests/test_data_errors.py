@@ -111,9 +111,15 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pgopd.cli", "check-config", str(f)], capture_output=True,
                        text=True, env=env, timeout=120)
     assert r.returncode == 2 and "train.prompts_per_step: 60 is not divisible" in r.stderr, r.stderr
-    r = subprocess.run([sys.executable, "-m", "pgopd.cli", "check-config", str(ROOT / "config/paper.yaml"),
-                        str(ROOT / "config/config.yaml")], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr
+    # several files merge as Snakemake merges several --configfile
+    paper, two = str(ROOT / "config/paper.yaml"), str(ROOT / "config/two_nodes.yaml")
+    r = subprocess.run([sys.executable, "-m", "pgopd.cli", "check-config", paper, two], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"{paper} + {two}: ok", r.stderr
+    f.write_text("train: {prompts_per_step: 8}\n")   # 8 prompts over 2 nodes x 8 GPUs
+    r = subprocess.run([sys.executable, "-m", "pgopd.cli", "check-config", paper, two, str(f)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "the 16 training processes (resources.train.gpu 8 x nodes 2)" in r.stderr
 
 
 def test_snakemake_names_file_and_line_of_a_broken_default_config(tmp_path):

