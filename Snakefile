@@ -2,6 +2,7 @@
 #   local (embedded tiny CPU default):  snakemake
 #   cluster:                            snakemake --profile slurm --configfile config/paper.yaml
 # Every knob, its default and its range live in pgopd/config.py; config/config.yaml lists them all.
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)  # `import pgopd` works even when it is not installed
@@ -17,7 +18,7 @@ import pgopd.workflow as W
 # defaults of pgopd/config.py, which are exactly the values written in config/config.yaml.
 if workflow.config_settings.configfiles:
     workflow.config_settings.replace_workflow_config = True
-else:
+elif os.path.exists("config/config.yaml"):
     # a YAML syntax error in the default config: file and line (Snakemake names neither).
     # A --configfile is read before this file runs: `pgopd check-config <file>` does it there.
     W.C.load_yaml("config/config.yaml")
