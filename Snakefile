@@ -2,6 +2,7 @@
 #   local (embedded tiny CPU default):  snakemake
 #   cluster:                            snakemake --profile slurm --configfile config/paper.yaml
 # Every knob, its default and its range live in pgopd/config.py; config/config.yaml lists them all.
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)  # `import pgopd` works even when it is not installed
@@ -17,6 +18,10 @@ import pgopd.workflow as W
 # defaults of pgopd/config.py, which are exactly the values written in config/config.yaml.
 if workflow.config_settings.configfiles:
     workflow.config_settings.replace_workflow_config = True
+elif os.path.exists("config/config.yaml"):
+    # a YAML syntax error in the default config: file and line (Snakemake names neither).
+    # A --configfile is read before this file runs: `pgopd check-config <file>` does it there.
+    W.C.load_yaml("config/config.yaml")
 
 
 configfile: "config/config.yaml"
@@ -27,6 +32,20 @@ configfile: "config/config.yaml"
 # (generated from the same dataclasses) is checked as well.
 CFG = W.load_config(config)
 validate(config, "workflow/schemas/config.schema.json")
+
+
+# The cluster profile (slurm/config.yaml): no CHANGE_ME placeholder reaches sbatch, no rule
+# asks for GPUs twice, and a rule without GPUs (the toy default) never queues on the GPU
+# partition: its profile partition is dropped, so it takes the default (CPU) one.  Changing
+# the parsed set-resources here also changes what the job steps get (--set-resources).
+_RS = workflow.resource_settings
+_SET_RES = _RS._parsed_overwrite_resources
+W.check_profile_placeholders(dict(_RS._parsed_default_resources.items()), _SET_RES)
+W.check_profile_gpu_flags(CFG, _SET_RES)
+for _rule in W.cpu_rules_sent_to_other_partition(CFG, dict(_RS._parsed_default_resources.items()), _SET_RES):
+    del _SET_RES[_rule]._data["slurm_partition"]
+    print(f"pgopd: {_rule} uses no GPU (resources.{_rule}.gpu: 0): it goes to the default partition, "
+          "not the one the profile names for it", file=sys.stderr)
 
 
 include: "workflow/rules/common.smk"

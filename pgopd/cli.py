@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--reserve-gb", type=float, default=3.0,
                    help="GiB kept for the CUDA context, NCCL and fragmentation (default 3)")
+
+    p = sub.add_parser("check-config", help="Check config files as `snakemake -n --configfile <files>` does, "
+                       "and their YAML syntax (file and line; Snakemake names neither for a --configfile).")
+    p.add_argument("files", nargs="+", type=Path,
+                   help="YAML config files, merged in order as Snakemake does (e.g. config/paper.yaml "
+                        "config/two_nodes.yaml)")
     return ap
 
 
@@ -134,6 +140,32 @@ def _plan(args) -> int:
     return 1 if problems else 0
 
 
+def _merge(into: dict, new: dict) -> dict:
+    """Deep merge, as Snakemake merges several --configfile (later files win)."""
+    for k, v in new.items():
+        into[k] = _merge(dict(into[k]), v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
+    return into
+
+
+def _check_config(files) -> int:
+    """The config that `snakemake --configfile <files>` would see, checked as the Snakefile does."""
+    from . import workflow as W
+
+    raw: dict = {}
+    try:
+        for f in files:
+            part = C.load_yaml(f)
+            if part is not None and not isinstance(part, dict):
+                raise C.ConfigError(f"{f}: expected a mapping of config keys, got {type(part).__name__}")
+            _merge(raw, part or {})
+        W.load_config(raw)
+    except (C.ConfigError, OSError) as e:
+        print(f"pgopd check-config: {e}", file=sys.stderr)
+        return 2
+    print(f"{' + '.join(map(str, files))}: ok")
+    return 0
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("PGOPD_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -144,6 +176,8 @@ def main(argv=None) -> int:
         return 0
     if args.stage == "plan":
         return _plan(args)
+    if args.stage == "check-config":
+        return _check_config(args.files)
     if hasattr(args, "_cls"):
         try:
             args.cfg = _params(args._cls, args._prefix)(args.params)

@@ -148,6 +148,8 @@ class TeacherCacheConfig:
     batch_size: int = opt(256, "prompts per generation batch", min=1)
     seed: int = opt(0, "sampling seed", min=0)
     backend: str = opt("hf", "generation backend", choices=("hf", "vllm"))
+    vllm_enforce_eager: Optional[bool] = opt(None, "vllm backend: no CUDA graphs (null = auto: CUDA graphs "
+                                             "on GPU, eager on CPU)")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -198,7 +200,9 @@ class VLLMConfig:
                                     min=1)
     gpu_memory_utilization: Optional[float] = opt(None, "fraction of GPU memory for the engine",
                                                   min=0.0, max=1.0)
-    tensor_parallel_size: int = opt(1, "GPUs per engine", min=1)
+    tensor_parallel_size: int = opt(1, "GPUs per engine (several training processes: 1, one engine per "
+                                    "process on its own GPU)", min=1)
+    enforce_eager: Optional[bool] = opt(None, "no CUDA graphs (null = auto: CUDA graphs on GPU, eager on CPU)")
 
 
 @dataclass
@@ -261,6 +265,8 @@ class EvalConfig:
     grade_timeout_s: float = opt(5.0, "math-verify time limit per answer (s)", min=0.1)
     seed: int = opt(1234, "sampling seed", min=0)
     backend: str = opt("hf", "generation backend", choices=("hf", "vllm"))
+    vllm_enforce_eager: Optional[bool] = opt(None, "vllm backend: no CUDA graphs (null = auto: CUDA graphs "
+                                             "on GPU, eager on CPU)")
 
 
 @dataclass
@@ -472,12 +478,26 @@ def parse(raw: dict) -> Config:
     return parse_dataclass(Config, raw)
 
 
-def load(path: str | Path) -> Config:
+def load_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error names the file, line and column (one line)."""
     import yaml
 
-    with open(path) as fh:
-        raw = yaml.safe_load(fh)
-    return parse(raw)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        what = "; ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{where}: YAML syntax error: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML syntax error: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def load(path: str | Path) -> Config:
+    return parse(load_yaml(path))
 
 
 def to_dict(obj) -> Any:

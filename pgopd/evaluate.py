@@ -149,7 +149,7 @@ def evaluate_one(cfg: EvalConfig, model, tok, model_name: str, bench_jsonl: Path
             if cfg.backend == "vllm" and engine is None:
                 from .rollout.vllm_backend import VLLMEngine
 
-                engine = VLLMEngine(model_name, max_logprobs=20)
+                engine = VLLMEngine(model_name, max_logprobs=20, enforce_eager=cfg.vllm_enforce_eager)
             # the whole block is generated even if part of it is done: its samples depend only on start
             prompts = encode_prompts(tok, [records[p]["prompt"] for p in idx])
             samples = generate_with(cfg.backend, engine or model_name, model, prompts, eos_id=tok.eos_token_id,

@@ -43,7 +43,8 @@ def cache_teacher(cfg: TeacherCacheConfig, teacher: str, students: list[str], tr
     samples = generate_with(cfg.backend, teacher, model, prompts, eos_id=tok.eos_token_id,
                             pad_id=tok.pad_token_id, n=cfg.n_samples, temperature=cfg.temperature,
                             top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                            batch_size=cfg.batch_size, logprobs_k=cfg.logprobs_k, desc="teacher samples")
+                            batch_size=cfg.batch_size, logprobs_k=cfg.logprobs_k, desc="teacher samples",
+                            vllm_options={"enforce_eager": cfg.vllm_enforce_eager})
     texts = [response_text(tok, s["tokens"]) for s in samples]
     correct = grade_many(texts, [records[s["prompt_idx"]]["answer"] for s in samples])
     rows, topk = [], []

@@ -386,14 +386,17 @@ def _log_step(run: _Run, state: RunState, step: int, res: RolloutResult, m: dict
 
 
 def _vllm_engine(cfg: TrainConfig, student: str, engine, seed: int):
-    """The rollout engine of backend ``vllm`` (one per rank), loaded with the current weights."""
+    """The rollout engine of backend ``vllm``: one per rank, inside this process on this
+    rank's device (vLLM's external_launcher; see ``rank_engine_options``), loaded with the
+    current weights."""
     from .rollout.vllm_backend import VLLMEngine
 
     v = cfg.vllm
     kw = {k: val for k, val in (("block_size", v.block_size),
                                 ("gpu_memory_utilization", v.gpu_memory_utilization)) if val is not None}
     eng = VLLMEngine(student, mode=v.mode, dtype=v.dtype, seed=seed, tensor_parallel_size=v.tensor_parallel_size,
-                     max_logprobs=max(cfg.overlap_k, cfg.loss_top_k, 20), **kw)
+                     max_logprobs=max(cfg.overlap_k, cfg.loss_top_k, 20), enforce_eager=v.enforce_eager,
+                     distributed=True, **kw)
     eng.update_weights(_full_named_params(engine, cfg.zero_stage))  # e.g. after a resume
     return eng
 

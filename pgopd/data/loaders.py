@@ -107,13 +107,34 @@ def _check_path(path: Path) -> None:
                          f"allowed: {', '.join(SUFFIXES)}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes)")
+
+
+class _Unreadable(ValueError):
+    """A parquet file pyarrow cannot read (truncated download, corrupt page)."""
+
+
+def _parquet_error(path: Path, e: Exception) -> _Unreadable:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return _Unreadable(f"{path}: cannot read this parquet file ({type(e).__name__}: {text}); it is "
+                       "probably truncated or corrupt -- download it again")
+
+
+def _arrow_errors() -> tuple:
+    import pyarrow as pa
+
+    return (pa.ArrowException, OSError, EOFError)
 
 
 def _parquet_columns(path: Path) -> dict[str, Any]:
     """Top-level column name -> its arrow type (read from the footer, no data)."""
     import pyarrow.parquet as pq
 
-    schema = pq.ParquetFile(path).schema_arrow
+    try:
+        schema = pq.ParquetFile(path).schema_arrow
+    except _arrow_errors() as e:
+        raise _parquet_error(path, e) from None
     return {name: schema.field(name).type for name in schema.names}
 
 
@@ -131,12 +152,15 @@ def _nested_names(arrow_type, prefix: str) -> list[str]:
 def _iter_parquet(path: Path, columns: list[str]) -> Iterator[tuple[int, dict | None, str]]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
     i = 0
-    for batch in pf.iter_batches(batch_size=_BATCH, columns=columns):
-        for row in batch.to_pylist():
-            yield i, row, ""
-            i += 1
+    try:
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=_BATCH, columns=columns):
+            for row in batch.to_pylist():
+                yield i, row, ""
+                i += 1
+    except _arrow_errors() as e:  # e.g. "Corrupt snappy compressed data" in a data page
+        raise _parquet_error(path, e) from None
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str]]:
@@ -206,6 +230,10 @@ def _resolve_fields(path: Path, prompt_field: str, answer_field: str, id_field: 
         prompt_is_messages = "prompt" in types and _is_message_list_type(types["prompt"])
     else:
         first = _jsonl_first_row(path)
+        if not first:
+            if any(row is not None or err for _, row, err in _iter_jsonl(path)):
+                raise ValueError(f"{path}: no valid JSON object on any line")
+            raise ValueError(f"{path}: the file has no rows (only blank lines)")
         available = _flat_keys(first)
         prompt_is_messages = isinstance(first.get("prompt"), list)
     return _pick_fields(path, available, prompt_is_messages, prompt_field, answer_field, id_field)
@@ -400,6 +428,8 @@ def load_records(path: str | Path, *, prompt_field: str = "", answer_field: str 
     records, stats = _collect(path, rows, (prompt_f, answer_f, id_f), limit=limit, on_bad_row=on_bad_row,
                               prompt_suffix=prompt_suffix, source_name=source_name,
                               parse_timeout_s=parse_timeout_s)
+    if stats["rows"] == 0:
+        raise ValueError(f"{path}: the file has no rows")
     stats["path"] = str(path)
     return records, stats
 

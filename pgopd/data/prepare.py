@@ -24,10 +24,20 @@ def _synthetic_stats(records: list[dict], **extra) -> dict:
 
 
 def _load_file(cfg: DataConfig, *, path: str, prompt_field: str, answer_field: str,
-               id_field: str, limit: int, name: str) -> tuple[list[dict], dict]:
-    records, stats = load_records(path, prompt_field=prompt_field, answer_field=answer_field,
-                                  id_field=id_field, limit=limit, on_bad_row=cfg.on_bad_row,
-                                  prompt_suffix=cfg.prompt_suffix, source_name=name)
+               id_field: str, limit: int, name: str, key: str) -> tuple[list[dict], dict]:
+    """A local file; any error names the config entry (``data.benchmarks.aime``) and the file."""
+    try:
+        records, stats = load_records(path, prompt_field=prompt_field, answer_field=answer_field,
+                                      id_field=id_field, limit=limit, on_bad_row=cfg.on_bad_row,
+                                      prompt_suffix=cfg.prompt_suffix, source_name=name)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{key}: {e}") from None
+    except ValueError as e:
+        try:
+            err = type(e)(f"{key}: {e}")  # keeps BadRow etc.
+        except TypeError:  # an exception class with another signature
+            err = ValueError(f"{key}: {e}")
+        raise err from None
     return records, {"source": "file", **stats}
 
 
@@ -50,7 +60,7 @@ def build_train(cfg: DataConfig) -> tuple[list[dict], dict]:
     if t.source == "hf":
         return _load_hf(cfg, t, limit=t.limit, name="train", key="data.train")
     return _load_file(cfg, path=t.path, prompt_field=t.prompt_field, answer_field=t.answer_field,
-                      id_field=t.id_field, limit=t.limit, name="train")
+                      id_field=t.id_field, limit=t.limit, name="train", key="data.train")
 
 
 def build_benchmark(cfg: DataConfig, name: str, bench: BenchmarkConfig,
@@ -69,7 +79,7 @@ def build_benchmark(cfg: DataConfig, name: str, bench: BenchmarkConfig,
         return _load_hf(cfg, bench, limit=bench.n, name=name, key=f"data.benchmarks.{name}")
     return _load_file(cfg, path=bench.path, prompt_field=bench.prompt_field,
                       answer_field=bench.answer_field, id_field=bench.id_field, limit=bench.n,
-                      name=name)
+                      name=name, key=f"data.benchmarks.{name}")
 
 
 def prepare_data(cfg: DataConfig, out_dir: Path) -> dict:

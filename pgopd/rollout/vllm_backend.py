@@ -32,16 +32,38 @@ How it maps onto the chunked loop
 Weight updates
 --------------
 :meth:`VLLMEngine.update_weights` pushes the trained student's tensors into the running
-engine: it serialises them (raw bytes + dtype + shape, in buckets) through
-``LLM.collective_rpc`` to :class:`PGOPDWorkerExtension`, which vLLM mixes into its worker
-(``worker_extension_cls``).  The worker stages the buckets and then loads them all at once
-with the model runner's ``reload_weights`` (layer-wise ``model.load_weights`` followed by
-the layer's ``process_weights_after_loading``; plain ``model.load_weights`` is the fallback
-for runners without it).  This matters on CPU, where vLLM repacks linear weights into
-oneDNN / SGL kernels and frees the originals: loading into the parameters alone would not
-change the output.  A tied LM head is repacked as well (vLLM does not reload it because no
-checkpoint tensor names it).  Afterwards the prefix cache is reset -- KV blocks computed
-with the old weights must not be reused.
+engine through ``LLM.collective_rpc`` to :class:`PGOPDWorkerExtension`, which vLLM mixes into
+its worker (``worker_extension_cls``).  The worker loads them with its own
+``Worker.reload_weights`` -- vLLM's worker-level API, which enters vLLM's config context and
+runs the model runner's layer-wise ``load_weights`` + ``process_weights_after_loading``
+(the model runner's ``reload_weights`` / ``model.load_weights`` are fallbacks for older
+workers).  This matters on CPU, where vLLM repacks linear weights into oneDNN / SGL kernels
+and frees the originals: loading into the parameters alone would not change the output.  A
+tied LM head is repacked as well (vLLM does not reload it because no checkpoint tensor names
+it).  Afterwards the prefix cache is reset -- KV blocks computed with the old weights must
+not be reused.
+
+How the tensors travel depends on where the engine runs:
+
+* **in-process** (``distributed=True``: ``distributed_executor_backend="external_launcher"``,
+  the training default; one engine inside each torchrun process, as verl's colocated
+  trainers do): ``collective_rpc`` is a plain method call on the worker, so the trainer's
+  tensors are handed over as they are -- on a GPU they never leave the device (no host
+  copy, no serialisation).
+* **separate engine-core process** (the default for evaluation / teacher caching and the
+  single-engine tests): tensors do not survive vLLM's msgpack RPC, so they are serialised
+  (raw bytes + dtype + shape, in buckets of ``bucket_bytes``), staged on the worker and
+  loaded in one pass.
+
+Placement: with ``distributed=True`` each rank's engine is bound to its own accelerator:
+vLLM's worker takes ``cuda:LOCAL_RANK`` from the torchrun variables
+(:func:`rank_engine_options`), so eight training processes get eight engines on eight GPUs
+(without it every engine would take device 0).  The engine reuses the trainer's
+``torch.distributed`` group; with ``tensor_parallel_size`` 1 every rank is its own
+model-parallel group and generates its own rows.
+
+CUDA graphs: ``enforce_eager=None`` (the default) means eager on CPU and CUDA graphs on GPU
+(:func:`resolve_enforce_eager`).
 
 ``mode`` picks the placement:
 
@@ -55,7 +77,8 @@ with the old weights must not be reused.
 
 Use in a training loop (one engine for the whole run)::
 
-    engine = VLLMEngine(student_dir, dtype="auto", seed=seed, mode="separate")
+    engine = VLLMEngine(student_dir, dtype="auto", seed=seed, mode="colocate",
+                        distributed=True)             # under torchrun: this rank's own engine
     for step in range(steps):
         engine.update_weights(student_module)    # HF names; ZeRO-3: gather the params first
         sampler = make_vllm_sampler(engine, eos_id=eos, pad_id=pad, temperature=T, top_p=p,
@@ -73,127 +96,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 
 from .hf import Chunk
+from .vllm_worker import (EXTENSION_QUALNAME, PGOPDWorkerExtension, _buckets, _named_tensors,  # noqa: F401
+                          checkpoint_tensor_names, decode_tensors, encode_tensors, rank_engine_options,
+                          resolve_enforce_eager)
 
 log = logging.getLogger(__name__)
 
-EXTENSION_QUALNAME = f"{__name__}.PGOPDWorkerExtension"
 MODES = ("separate", "colocate")
-
-
-# ----------------------------------------------------------------------------- weight transport
-def encode_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple]:
-    """``(name, tensor)`` pairs -> ``(name, dtype, shape, raw bytes)`` tuples that survive
-    vLLM's msgpack RPC (tensors inside nested args do not; any dtype, bf16 included)."""
-    out = []
-    for name, t in named:
-        t = t.detach().to("cpu").contiguous()
-        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        out.append((name, str(t.dtype).removeprefix("torch."), list(t.shape), raw))
-    return out
-
-
-def decode_tensors(items: Iterable[tuple]) -> list[tuple[str, torch.Tensor]]:
-    """Inverse of :func:`encode_tensors`."""
-    out = []
-    for name, dtype, shape, raw in items:
-        dt = getattr(torch, dtype)
-        if not raw:
-            t = torch.empty(tuple(shape), dtype=dt)
-        else:
-            t = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dt).reshape(tuple(shape))
-        out.append((name, t))
-    return out
-
-
-def _named_tensors(named_params) -> list[tuple[str, torch.Tensor]]:
-    """Accept an ``nn.Module`` (its ``state_dict``), a mapping or an iterable of pairs."""
-    if isinstance(named_params, torch.nn.Module):
-        return list(named_params.state_dict().items())
-    if isinstance(named_params, Mapping):
-        return list(named_params.items())
-    return list(named_params)
-
-
-def _buckets(named: list[tuple[str, torch.Tensor]], bucket_bytes: int):
-    bucket, size = [], 0
-    for name, t in named:
-        n = t.numel() * t.element_size()
-        if bucket and size + n > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, t))
-        size += n
-    if bucket:
-        yield bucket
-
-
-def checkpoint_tensor_names(model_path: str | os.PathLike) -> set[str] | None:
-    """Tensor names stored in a local checkpoint directory (``*.safetensors``), else None."""
-    path = Path(model_path)
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
-    if not files:
-        return None
-    from safetensors import safe_open
-
-    names: set[str] = set()
-    for f in files:
-        with safe_open(str(f), framework="pt") as fh:
-            names.update(fh.keys())
-    return names
-
-
-class PGOPDWorkerExtension:
-    """Mixed into vLLM's worker class (``worker_extension_cls``); its methods are called on
-    every worker through ``LLM.collective_rpc``.  ``self`` is the vLLM worker: it has
-    ``model_runner`` (whose ``model`` is the vLLM model).  No vLLM import at module level:
-    this module must import without vLLM."""
-
-    def pgopd_stage_weights(self, items: list) -> int:
-        """Receive one bucket of encoded tensors; returns how many are staged so far."""
-        staged = self.__dict__.setdefault("_pgopd_staged", [])
-        staged.extend(decode_tensors(items))
-        return len(staged)
-
-    def pgopd_discard_weights(self) -> None:
-        self.__dict__.pop("_pgopd_staged", None)
-
-    def pgopd_commit_weights(self) -> int:
-        """Load every staged tensor into the model in one pass; returns their number."""
-        weights = self.__dict__.pop("_pgopd_staged", [])
-        if not weights:
-            return 0
-        runner = self.model_runner
-        if hasattr(runner, "reload_weights"):
-            # layer-wise load + process_weights_after_loading (kernel repacking on CPU)
-            runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
-        else:  # older runners: the RLHF-example path
-            runner.model.load_weights(weights)
-        _refresh_vocab_kernels(runner.model)
-        return len(weights)
-
-    def pgopd_param_summary(self) -> dict:
-        """``name -> [shape, dtype]`` of the vLLM model's parameters (debugging aid)."""
-        return {n: [list(p.shape), str(p.dtype)] for n, p in self.model_runner.model.named_parameters()}
-
-
-def _refresh_vocab_kernels(model: torch.nn.Module) -> None:
-    """Re-derive the packed CPU GEMM of embedding-like layers (a tied LM head is never
-    reloaded by name, so its oneDNN handle would still hold the old weights).  Layers without
-    a CPU kernel (``cpu_linear``) -- i.e. everything on GPU -- are left alone."""
-    try:
-        from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
-    except ImportError:  # not inside a vLLM worker (unit tests with a stand-in runner)
-        return
-    for mod in model.modules():
-        if (isinstance(mod, VocabParallelEmbedding) and hasattr(mod, "cpu_linear")
-                and getattr(mod, "weight", None) is not None and mod.weight.numel() > 0):
-            mod.quant_method.process_weights_after_loading(mod)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -206,15 +119,18 @@ class VLLMEngine:
     cache size (``kv_cache_memory_bytes``; on CPU ``VLLM_CPU_KVCACHE_SPACE`` also works).
     ``block_size``: the prefix-cache granularity (CPU default 128, multiples of 32 only); with
     short prompts and chunks (the toy task) use 32 so continuations actually hit the cache.
+    ``distributed``: one engine inside this torchrun process, on its own device
+    (``external_launcher``; needs RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT).
+    ``enforce_eager``: None = auto (eager on CPU, CUDA graphs on GPU).
     ``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``tensor_parallel_size``).
     """
 
     def __init__(self, model_path: str, *, mode: str = "separate", dtype: str = "auto", seed: int = 0,
-                 max_model_len: int | None = None, max_logprobs: int = 20, enforce_eager: bool = True,
+                 max_model_len: int | None = None, max_logprobs: int = 20, enforce_eager: bool | None = None,
                  block_size: int | None = None, kv_cache_gib: float | None = None,
                  gpu_memory_utilization: float | None = None, sleep_level: int = 1,
-                 bucket_bytes: int = 256 << 20, llm=None, sleep_available: bool | None = None,
-                 **engine_kwargs):
+                 bucket_bytes: int = 256 << 20, distributed: bool = False, llm=None,
+                 sleep_available: bool | None = None, inproc: bool | None = None, **engine_kwargs):
         if mode not in MODES:
             raise ValueError(f"VLLMEngine: mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.model_path, self.mode = str(model_path), mode
@@ -225,6 +141,7 @@ class VLLMEngine:
             self.llm = llm
             self.sleep_available = bool(sleep_available)
             self.max_model_len = max_model_len
+            self.inproc = bool(inproc if inproc is not None else distributed)
             return
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -233,17 +150,27 @@ class VLLMEngine:
         if mode == "colocate" and not self.sleep_available:
             log.warning("vllm backend: sleep mode is not available on %s; the colocated engine "
                         "keeps its memory (sleep/wake_up do nothing)", current_platform.device_name)
-        kw = dict(model=self.model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+        kw = dict(model=self.model_path, dtype=dtype, seed=seed,
+                  enforce_eager=resolve_enforce_eager(enforce_eager, on_gpu=current_platform.is_cuda_alike()),
                   enable_prefix_caching=True, logprobs_mode="raw_logprobs", max_logprobs=max_logprobs,
                   skip_tokenizer_init=True, generation_config="vllm",
                   worker_extension_cls=EXTENSION_QUALNAME, enable_sleep_mode=self.sleep_available)
+        if distributed:  # one engine per torchrun process, on that process's device
+            opts = rank_engine_options()
+            if opts["device"].startswith("cuda"):
+                torch.cuda.set_device(opts["local_rank"])
+            kw.update(opts["engine"])
         optional = dict(max_model_len=max_model_len, block_size=block_size,
                         gpu_memory_utilization=gpu_memory_utilization,
                         kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * (1 << 30)))
         kw.update({k: v for k, v in optional.items() if v is not None})
         kw.update(engine_kwargs)
+        self.engine_options = kw
         self.llm = LLM(**kw)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        # external_launcher runs the engine core and its worker in this process
+        self.inproc = (kw.get("distributed_executor_backend") == "external_launcher"
+                       or os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0")
 
     # -- placement -------------------------------------------------------------------------
     def sleep(self) -> None:
@@ -280,16 +207,10 @@ class VLLMEngine:
             raise ValueError("update_weights: no tensors given")
         if self._asleep:
             self.llm.wake_up(tags=["weights"])
-        try:
-            for bucket in _buckets(named, self.bucket_bytes):
-                self.llm.collective_rpc("pgopd_stage_weights", args=(encode_tensors(bucket),))
-            counts = self.llm.collective_rpc("pgopd_commit_weights")
-        except BaseException:
-            try:
-                self.llm.collective_rpc("pgopd_discard_weights")
-            except Exception:  # noqa: BLE001 -- the original error matters more
-                pass
-            raise
+        if self.inproc:  # a method call on this process's worker: tensors as they are (GPU stays GPU)
+            counts = self.llm.collective_rpc("pgopd_load_weights", args=(named,))
+        else:
+            counts = self._send_serialised(named)
         if self._asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self._asleep = False
@@ -300,6 +221,19 @@ class VLLMEngine:
             raise RuntimeError("update_weights: the prefix cache could not be reset")
         self.weight_version += 1
         return len(named)
+
+    def _send_serialised(self, named: list[tuple[str, torch.Tensor]]) -> list[int]:
+        """Engine core in another process: tensors travel as bytes in buckets (host copy)."""
+        try:
+            for bucket in _buckets(named, self.bucket_bytes):
+                self.llm.collective_rpc("pgopd_stage_weights", args=(encode_tensors(bucket),))
+            return self.llm.collective_rpc("pgopd_commit_weights")
+        except BaseException:
+            try:
+                self.llm.collective_rpc("pgopd_discard_weights")
+            except Exception:  # noqa: BLE001 -- the original error matters more
+                pass
+            raise
 
     def shutdown(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

@@ -1,7 +1,10 @@
 # Training prompts and every benchmark as {id, prompt, answer} jsonl.
+# Local data files (source: file) are inputs: editing one reruns this job and what follows.
 
 
 rule prepare_data:
+    input:
+        W.data_inputs(CFG),
     output:
         train=W.DATA_TRAIN,
         bench=[W.bench_data(b) for b in W.bench_names(CFG)],
