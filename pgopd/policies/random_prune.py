@@ -24,6 +24,7 @@ from pgopd.rollout.types import Candidate
 
 class RandomPrunePolicy(PGOPDPolicy):
     name = "random_prune"
+    stop_label = "random"
 
     def __init__(self, cfg: PGOPDConfig, continue_rate: float, seed: int = 0):
         super().__init__(cfg)

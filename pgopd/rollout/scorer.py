@@ -45,6 +45,11 @@ class TeacherScorer:
             topk_ids_BCK=logp_BCV.topk(min(self.topk, logp_BCV.shape[-1]), dim=-1).indices.cpu(),
             logp_at_student_BCK=None if at_student is None else at_student.cpu())
 
+    @property
+    def positions(self) -> tuple[int, int]:
+        """(prompt prefill positions, later positions) the teacher's forward ran, padding included."""
+        return self.kv.n_prefill_positions, self.kv.n_positions
+
     def select(self, keep_B: torch.Tensor) -> None:
         self.kv.select(keep_B)
         self.next_logits_BV = self.next_logits_BV.index_select(0, keep_B.to(self.next_logits_BV.device))
