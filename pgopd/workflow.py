@@ -34,6 +34,9 @@ METHOD_BLOCKS = {
     "fixed_truncation": ("controls",),
     "random_prune": ("pgopd", "controls"),
 }
+#: knobs a method does not act on but logs with (OPD continues every candidate, so its
+#: candidates.jsonl gives the falsification outcomes over the whole probe / window range).
+LOG_KEYS = {"opd": {"pgopd": ("probe_start", "probe_end"), "pruneopd": ("window",)}}
 #: controls that copy a length / rate from the reference run (``--reference``).
 NEEDS_REFERENCE = ("fixed_truncation", "random_prune")
 _BLOCKS = ("pgopd", "pruneopd", "controls")
@@ -214,6 +217,8 @@ def train_params(cfg: Config, method: str) -> dict:
     out = {k: v for k, v in d.items() if k not in _BLOCKS and k not in _WORKFLOW_ONLY_TRAIN_KEYS}
     for block in METHOD_BLOCKS[method]:
         out[block] = d[block]
+    for block, keys in LOG_KEYS.get(method, {}).items():
+        out.setdefault(block, {k: d[block][k] for k in keys})
     return out
 
 

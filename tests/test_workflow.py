@@ -122,7 +122,8 @@ def test_train_params_are_per_method_slices():
                                     "pruneopd": {"window": 4}, "methods": ["pgopd", "opd"]}})
     p = {m: W.train_params(base, m) for m in C.ALL_METHODS}
     assert all("methods" not in v for v in p.values())
-    assert set(p["opd"]) & {"pgopd", "pruneopd", "controls"} == set()
+    assert "controls" not in p["opd"]  # opd logs the probe / window overlap, acts on nothing else
+    assert p["opd"]["pgopd"] == {"probe_start": 0, "probe_end": 12} and p["opd"]["pruneopd"] == {"window": 8}
     assert "pgopd" in p["pgopd"] and "pruneopd" not in p["pgopd"] and "controls" not in p["pgopd"]
     assert "pruneopd" in p["pruneopd"] and "pgopd" not in p["pruneopd"]
     assert {"pgopd", "controls"} <= set(p["random_prune"]) and "pruneopd" not in p["random_prune"]
@@ -130,11 +131,12 @@ def test_train_params_are_per_method_slices():
     # a PG-OPD knob changes the params of exactly the jobs that read the pgopd block
     changed = {m for m in C.ALL_METHODS
                if W.params_json(W.train_params(knob, m)) != W.params_json(p[m])}
-    assert changed == {"pgopd", "continue_all", "reweight_only", "random_prune"}
-    # a Prune-OPD knob (and reordering methods) changes pruneopd's params only
+    assert changed == {"pgopd", "continue_all", "reweight_only", "random_prune"}  # not opd: top_fraction
+    # the Prune-OPD window (and reordering methods) changes pruneopd's params and opd's (it logs
+    # the window overlap) only
     changed = {m for m in C.ALL_METHODS
                if W.params_json(W.train_params(more, m)) != W.params_json(p[m])}
-    assert changed == {"pruneopd"}
+    assert changed == {"pruneopd", "opd"}
     # params are stable JSON and a valid --params for the train stage
     s = W.params_json(p["pgopd"])
     assert s == W.params_json(json.loads(s)) and json.loads(s) == p["pgopd"]
