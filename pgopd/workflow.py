@@ -43,7 +43,7 @@ for _m in ALL_METHODS:  # fixed_truncation-<ref>, random_prune-pgopd: as the bar
     METHOD_BLOCKS.setdefault(_m, METHOD_BLOCKS[C.split_control(_m)[0]])
 #: knobs a method does not act on but logs with (OPD continues every candidate, so its
 #: candidates.jsonl gives the falsification outcomes over the whole probe / window range).
-LOG_KEYS = {"opd": {"pgopd": ("probe_start", "probe_end"), "pruneopd": ("window",)}}
+LOG_KEYS = {"opd": {"pgopd": ("prefix_len", "probe_start", "probe_end"), "pruneopd": ("window",)}}
 #: controls that copy a length / rate from the reference run (``--reference``).
 NEEDS_REFERENCE = C.MATCHED
 _BLOCKS = ("pgopd", "pruneopd", "controls")

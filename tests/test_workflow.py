@@ -19,7 +19,7 @@ import yaml
 
 from pgopd import config as C
 from pgopd import workflow as W
-from pgopd.report.table import report
+from pgopd.report.build import report
 from wfcopy import copy_workflow, job_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_train_params_are_per_method_slices():
     p = {m: W.train_params(base, m) for m in C.ALL_METHODS}
     assert all("methods" not in v for v in p.values())
     assert "controls" not in p["opd"]  # opd logs the probe / window overlap, acts on nothing else
-    assert p["opd"]["pgopd"] == {"probe_start": 0, "probe_end": 12} and p["opd"]["pruneopd"] == {"window": 8}
+    assert p["opd"]["pgopd"] == {"prefix_len": 12, "probe_start": 0, "probe_end": 12} and p["opd"]["pruneopd"] == {"window": 8}
     assert "pgopd" in p["pgopd"] and "pruneopd" not in p["pgopd"] and "controls" not in p["pgopd"]
     assert "pruneopd" in p["pruneopd"] and "pgopd" not in p["pruneopd"]
     assert {"pgopd", "controls"} <= set(p["random_prune"]) and "pruneopd" not in p["random_prune"]
