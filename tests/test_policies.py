@@ -350,15 +350,21 @@ def test_pruneopd_ablations_each_run_one_part():
 
 def test_random_prune_matched_to_pruneopd_cuts_at_its_mean_cut_length_and_rate():
     ref = {"cut_rate": 0.5, "mean_cut_len": 5.5}
-    pol = make_policy("random_prune-pruneopd", TrainConfig(max_new_tokens=12), seed=1, reference=ref)
-    assert pol.cfg.prefix_len == 6 and pol.continue_rate == 0.5
+    pol = make_policy("random_prune-pruneopd", TrainConfig(max_new_tokens=12, n_samples=4), seed=1, reference=ref)
+    assert pol.cfg.prefix_len == 6 and pol.cuts_per_group == 2.0
     cands, bounds = drive(pol, [const(1.0)] * 40, groups=[i // 4 for i in range(40)])
     assert 6 in bounds
     cut = [c for c in cands if c.stopped]
     assert len(cut) == 20 and all(c.train_len == 6 and c.info["stop_reason"] == "random" for c in cut)
+    assert all(sum(c.stopped for c in cands if c.group == g) == 2 for g in range(10))  # 0.5 * 4 per group
+    # half of each group ended (EOS) before the cut point: the cuts fall on the live ones,
+    # so the group still loses 2 of its 4 (the reference's rate over all candidates)
+    eos = {i: 2 for i in range(40) if i % 4 < 2}
+    cands, _ = drive(pol, [const(1.0)] * 40, groups=[i // 4 for i in range(40)], eos=eos)
+    assert sum(c.stopped for c in cands) == 20 and not any(c.stopped for c in cands if c.cid in eos)
     # the reference cut nothing: nobody is cut; no Prune-OPD numbers: a clear error
     none = make_policy("random_prune-pruneopd", TrainConfig(max_new_tokens=12), reference={"cut_rate": 0.0})
-    assert none.continue_rate == 1.0
+    assert none.cuts_per_group == 0.0
     with pytest.raises(ValueError, match="cut_rate"):
         make_policy("random_prune-pruneopd", TrainConfig(), reference={"continue_rate": None})
 

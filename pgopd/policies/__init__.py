@@ -70,11 +70,14 @@ def make_policy(method: str, cfg: TrainConfig, seed: int = 0, reference: dict | 
 
 def _random_cut(cfg: TrainConfig, reference: dict | None, seed: int, method: str) -> Policy:
     """random_prune matched to Prune-OPD: at the reference's mean cut length (its candidates
-    cut for drift / window end, mean trained length), a random subset of each group's live
-    candidates stops, at the reference's cut rate; the rest run to EOS or the limit.
+    cut for drift / window end, mean trained length), ``cut_rate * n_samples`` of each prompt
+    group's candidates (stochastic rounding) stop, chosen at random among those still live;
+    the rest run to EOS or the limit.
 
-    Prune-OPD cuts at varying points; candidates that end before the matched point cannot be
-    cut here, so the realised cut rate can fall below the reference's (the report shows both).
+    Prune-OPD cuts at varying points; where fewer candidates than that are still live at the
+    matched point, all of them stop and the realised cut rate falls below the reference's
+    (the report's control table shows both).  An explicit ``controls.random_continue_rate``
+    instead continues that fraction of the live candidates.
     """
     if reference is None or reference.get("cut_rate") is None:
         raise ValueError(f"{method}: needs the reference run's summary with 'cut_rate' and 'mean_cut_len' "
@@ -83,7 +86,8 @@ def _random_cut(cfg: TrainConfig, reference: dict | None, seed: int, method: str
     if cut_len is None or cut_rate == 0.0:  # the reference cut nothing: neither does this
         cut_rate, cut_len = 0.0, cfg.max_new_tokens
     L = max(1, min(cfg.max_new_tokens, round_half_up(float(cut_len))))
+    pg = PGOPDConfig(prefix_len=L, probe_start=0, probe_end=L)
     rate = cfg.controls.random_continue_rate
-    rate = 1.0 - float(cut_rate) if rate is None else rate
-    pg = PGOPDConfig(prefix_len=L, probe_start=0, probe_end=L, top_fraction=rate)
-    return RandomPrunePolicy(pg, min(1.0, max(0.0, rate)), seed=seed)
+    if rate is not None:
+        return RandomPrunePolicy(pg, rate, seed=seed)
+    return RandomPrunePolicy(pg, 1.0 - cut_rate, seed=seed, cuts_per_group=cut_rate * cfg.n_samples)
