@@ -120,10 +120,12 @@ def main() -> None:
 
 def positions_over_kept(tok, student, teacher, prompts, cfg) -> dict:
     """Section 2: per method, forward positions against kept tokens (one rollout, seed 0)."""
-    from pgopd.config import ALL_METHODS
+    from pgopd.config import ALL_METHODS, MATCHED
 
     out = {"chunk_size": cfg.chunk_size, "note": "positions after the prompt prefill; limit 1.00"}
     for m in ALL_METHODS:
+        if m in MATCHED:
+            continue  # the bare names are aliases of <control>-pgopd
         _, r = time_rollout(tok, student, teacher, prompts, m, cfg.chunk_size, cfg, 1)
         gen, trained = r.tokens_generated, r.tokens_trained
         row = {"generated": gen, "trained": trained, "positions_student": r.positions_student,
