@@ -81,7 +81,7 @@ def main() -> None:
     if args.only == "positions":
         prev = json.loads(args.out.read_text()) if args.out.exists() else {}
         prev.pop("scored_over_generated", None)  # the identity it replaces (always 1.000)
-        prev["positions_over_kept"] = positions_over_kept(tok, student, teacher, prompts, cfg)
+        prev["positions_over_kept"] = positions_over_kept(tok, student, teacher, prompts, cfg, args.models)
         args.out.write_text(json.dumps(prev, indent=2))
         print(f"wrote section 2 of {args.out}")
         return
@@ -93,7 +93,7 @@ def main() -> None:
     print(f"chunked ({cfg.chunk_size}) vs one-shot rollout: {t_chunk:.3f}s / {t_one:.3f}s = "
           f"{t_chunk / t_one:.3f}x for {r_one.tokens_generated} tokens (same tokens: {same})")
 
-    out["positions_over_kept"] = positions_over_kept(tok, student, teacher, prompts, cfg)
+    out["positions_over_kept"] = positions_over_kept(tok, student, teacher, prompts, cfg, args.models)
     runs = {}
     for s in sorted(args.results.glob("train/*/*/seed*/summary.json")):
         pair, method, seed = s.parts[-4], s.parts[-3], s.parts[-2]
@@ -118,11 +118,12 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def positions_over_kept(tok, student, teacher, prompts, cfg) -> dict:
+def positions_over_kept(tok, student, teacher, prompts, cfg, models: Path) -> dict:
     """Section 2: per method, forward positions against kept tokens (one rollout, seed 0)."""
     from pgopd.config import ALL_METHODS, MATCHED
 
-    out = {"chunk_size": cfg.chunk_size, "note": "positions after the prompt prefill; limit 1.00"}
+    out = {"chunk_size": cfg.chunk_size, "models": str(models), "prompts": len(prompts),
+           "n_samples": cfg.n_samples, "note": "positions after the prompt prefill; limit 1.00"}
     for m in ALL_METHODS:
         if m in MATCHED:
             continue  # the bare names are aliases of <control>-pgopd
