@@ -127,7 +127,7 @@ def _opd_cands(path: Path, related: bool, rng) -> Path:
     for i in range(300):
         po = float(rng.random())
         p_correct = po if related else 0.5
-        recs.append({"step": i // 8, "group": i // 4, "probe_window_overlap": po, "probe_window_complete": i % 10 != 0,
+        recs.append({"step": i // 8, "group": i // 4, "cid": i, "probe_window_overlap": po, "probe_window_complete": i % 10 != 0,
                      "finished": True, "correct": bool(rng.random() < p_correct),
                      "reward_suffix": po + float(rng.normal(0, 0.1)), "stop_reason": "eos"})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,9 +142,33 @@ def test_falsification_on_opd_runs_gives_a_correctness_verdict(tmp_path, related
     fals = F.analyse(F.load_candidates([path]), n_boot=300)
     e = fals["pairs"]["p"]
     assert e["source"] == "opd" and e["n_ranked"] == 270  # probe window not complete: left out
+    # within the same prompt, PG-OPD's top half by probe vs the rest (difficulty held fixed)
+    kms = e["results"]["correct"]
+    assert kms["n_groups"] > 0 and (kms["kms_ci_low"] > 0 if related else kms["kms_ci_low"] < 0 < kms["kms_ci_high"])
     assert e["verdict"] == e["results"]["correct"]["verdict"] == verdict
     # the agreement outcome is shown but flagged, and does not make the verdict
     assert e["results"]["reward_suffix"]["verdict"] == "supported"
     assert "not used for the verdict" in F.sentence(e["results"]["reward_suffix"])
+    if related:  # the relation holds within prompts too: no caveat
+        assert "Within the same prompt" not in F.sentence(e["results"]["correct"])
     assert f"**Verdict (final correctness (finished candidates) vs probe overlap): {verdict.replace('_', ' ')}**" \
         in F.render_markdown(fals)
+
+
+def test_a_between_prompt_relation_is_flagged_when_absent_within_prompts(tmp_path):
+    # every prompt has its own overlap level that drives correctness (difficulty); within a
+    # prompt the candidates' overlaps are noise: pooled "supported", within-prompt nothing
+    rng = np.random.default_rng(6)
+    recs = []
+    for g in range(300):
+        level = float(rng.random())
+        for i in range(4):
+            recs.append({"step": g // 4, "group": g, "cid": 4 * g + i, "probe_window_complete": True,
+                         "probe_window_overlap": level + float(rng.normal(0, 0.02)), "finished": True,
+                         "correct": bool(rng.random() < level), "reward_suffix": 0.0})
+    path = tmp_path / "train/p/opd/seed0/candidates.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    res = F.analyse(F.load_candidates([path]), n_boot=300)["pairs"]["p"]["results"]["correct"]
+    assert res["verdict"] == "supported" and res["kms_ci_low"] < 0 < res["kms_ci_high"]
+    assert "Within the same prompt the difference is not significant" in F.sentence(res)

@@ -20,6 +20,17 @@ value without training continue_all); ``pgopd`` (continued candidates only).  Ca
 used: those ranked at the probe decision (``decision_step`` set), resp. for ``opd`` those
 that reached the end of the probe window; for each outcome, those where it exists.
 
+For every pair and outcome (seeds pooled) the analysis reports
+
+* the Spearman rank correlation of probe overlap with the outcome, with a pairs-bootstrap
+  95 % CI (:func:`pgopd.report.stats.spearman_ci`);
+* the outcome's mean in quantile bins of the probe (the curve in ``falsification.png``) and
+  the top-bin minus bottom-bin difference with a bootstrap 95 % CI;
+* (``continue_all``, and ``opd`` with PG-OPD's top-half rule applied to its candidates)
+  within-prompt: mean outcome of the candidates PG-OPD would have kept minus those it would
+  have stopped, per prompt group that has both, averaged over groups, with a bootstrap 95 %
+  CI over groups (the same problem on both sides: difficulty cannot drive it).
+
 Verdict (from the numbers): *supported* when the correlation is positive with a CI above 0
 and the top-vs-bottom difference is positive with a CI above 0; *contradicted* when either
 is significantly negative; otherwise *not supported*: the report says plainly that
@@ -49,10 +60,11 @@ OUTCOME_LABELS = {"reward_suffix": "mean teacher reward on the suffix",
 #: outcomes that measure teacher-student agreement like overlap does: shown, not the verdict
 CIRCULAR = ("reward_suffix",)
 VERDICT_OUTCOME = "correct"
+KEEP_FRACTION = 0.5  # PG-OPD's default top_fraction: who it "would have kept" among OPD's candidates
 SOURCES = ("continue_all", "opd", "pgopd")  # preferred first
 N_BINS = 5
 MIN_N = 10  # fewer candidates with an outcome: no verdict
-_KEEP = ("step", "group", "probe_overlap", "selected", "continued", "decision_step", "reward_suffix",
+_KEEP = ("step", "group", "cid", "probe_overlap", "selected", "continued", "decision_step", "reward_suffix",
          "correct", "finished", "stopped", "length", "truncated_at", "stop_reason", "weight_min",
          "weight_mean", "drift_events", "train_len", "keep", "probe_window_overlap", "probe_window_complete",
          "win_overlap", "win_reward_var")
@@ -74,9 +86,27 @@ def ranked(recs: list[dict], source: str = "continue_all") -> list[dict]:
     prefix); for ``opd``, those that reached the end of the probe window (their
     ``probe_window_overlap`` becomes ``probe_overlap``)."""
     if source == "opd":
-        return [{**r, "probe_overlap": r["probe_window_overlap"], "selected": None} for r in recs
-                if r.get("probe_window_complete") and r.get("probe_window_overlap") is not None]
+        out = [{**r, "probe_overlap": r["probe_window_overlap"]} for r in recs
+               if r.get("probe_window_complete") and r.get("probe_window_overlap") is not None]
+        return _would_select(out)
     return [r for r in recs if r.get("decision_step") is not None and r.get("probe_overlap") is not None]
+
+
+def _would_select(recs: list[dict], fraction: float = KEEP_FRACTION) -> list[dict]:
+    """Mark ``selected`` as PG-OPD's top-fraction rule would, per prompt group of a step
+    (ties to the lower cid), so the within-prompt comparison also runs on OPD's candidates;
+    it compares candidates of the same problem, so problem difficulty cannot drive it."""
+    import math
+
+    groups = defaultdict(list)
+    for r in recs:
+        groups[(r.get("step"), r.get("group"))].append(r)
+    for g in groups.values():
+        n_keep = min(len(g), max(0, math.ceil(fraction * len(g) - 1e-9)))
+        ranked_ = sorted(g, key=lambda r: (-r["probe_overlap"], r.get("cid") or 0))
+        for i, r in enumerate(ranked_):
+            r["selected"] = i < n_keep
+    return recs
 
 
 def _value(r: dict, outcome: str) -> Optional[float]:
@@ -161,7 +191,7 @@ def analyse(cands: dict[tuple[str, str, int], list[dict]], n_bins: int = N_BINS,
                 entry["n_continued"] = sum(bool(r.get("continued")) for r in recs)
             for outcome in OUTCOMES:
                 entry["results"][outcome] = analyse_outcome(recs, outcome, n_bins, n_boot, seed,
-                                                            within_group=source == "continue_all")
+                                                            within_group=source in ("continue_all", "opd"))
         res = entry["results"].get(VERDICT_OUTCOME)
         entry["verdict"] = res["verdict"] if res else "insufficient"
         entry["text"] = sentences(pair, entry)
@@ -217,6 +247,11 @@ def sentence(res: dict) -> str:
                 f"marks low-value suffixes")
     note = (" This outcome measures teacher-student agreement, as overlap does: shown, not used for the "
             "verdict." if res["outcome"] in CIRCULAR else "")
+    if v in ("supported", "contradicted") and res.get("kept_minus_stopped") is not None \
+            and not S.ci_excludes_zero(res.get("kms_ci_low"), res.get("kms_ci_high")):
+        note = (" Within the same prompt the difference is not significant: the pooled relation may reflect "
+                "which problems have high overlap rather than which of a problem's candidates do, and PG-OPD "
+                "ranks within a prompt." + note)
     return f"{head} ({rho}; {tmb}{kms}).{note}"
 
 
