@@ -1,7 +1,10 @@
 """Rollout benchmark (issue: rollout allocation).  Prints and writes bench/results.json:
 
 1. chunked vs one-shot rollout time for the same tokens (target <= 1.10x),
-2. teacher-scored tokens over generated (kept) tokens for every method (target 1.00),
+2. cost where it is spent, for every method: the positions each model's forward ran
+   (padding after EOS and tokens past a cut included) over the tokens that were kept:
+   teacher positions / trained tokens and student positions / generated tokens (physical
+   limit 1.00), with the waste split into padding and generated-but-not-trained tokens,
 3. from the default pipeline's results (if present): generated tokens and training wall
    time of pgopd and pruneopd relative to opd at the same number of steps,
 4. the same ratios for the real training stage run *alone* (one method after the other,
@@ -9,6 +12,7 @@
    two cores next to evaluation jobs, so its wall times also measure who shared a core.
 
 Usage: python bench/rollout_bench.py [--models results/models/toy] [--repeats 5] [--alone-steps 20]
+       [--only positions]   (recompute section 2 only; the other sections of --out are kept)
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+#: what the matched controls copy here (a reference run's summary fields)
+REFERENCE = {"mean_generated_tokens": 20, "mean_kept_tokens": 20, "continue_rate": 0.5, "cut_rate": 0.3,
+             "mean_cut_len": 20}
 
 
 def _models(models_dir: Path):
@@ -44,7 +51,7 @@ def time_rollout(tok, student, teacher, prompts, method, chunk, cfg, repeats):
     for r in range(repeats):
         sampler = HFSampler(student, tok.eos_token_id, tok.pad_token_id, 1.0, 1.0, topk=cfg.overlap_k, seed=r)
         scorer = TeacherScorer(teacher, tok.pad_token_id, topk=cfg.overlap_k)
-        policy = make_policy(method, cfg, seed=0, reference={"mean_generated_tokens": 20, "continue_rate": 0.5})
+        policy = make_policy(method, cfg, seed=0, reference=REFERENCE)
         t0 = time.perf_counter()
         res = rollout(sampler, scorer, policy, prompts, n_samples=cfg.n_samples,
                       max_new_tokens=cfg.max_new_tokens, chunk_size=chunk, overlap_k=cfg.overlap_k)
@@ -61,6 +68,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--alone-steps", type=int, default=20, help="training steps per method in section 4 (0 = skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results.json")
+    ap.add_argument("--only", choices=("positions",), help="recompute one section, keep the rest of --out")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if not (args.models / "teacher").exists():
@@ -70,6 +78,13 @@ def main() -> None:
     out = {"config": {"prompts": len(prompts), "n_samples": cfg.n_samples, "max_new_tokens": cfg.max_new_tokens,
                       "chunk_size": cfg.chunk_size, "repeats": args.repeats, "threads": 1}}
 
+    if args.only == "positions":
+        prev = json.loads(args.out.read_text()) if args.out.exists() else {}
+        prev.pop("scored_over_generated", None)  # the identity it replaces (always 1.000)
+        prev["positions_over_kept"] = positions_over_kept(tok, student, teacher, prompts, cfg, args.models)
+        args.out.write_text(json.dumps(prev, indent=2))
+        print(f"wrote section 2 of {args.out}")
+        return
     t_one, r_one = time_rollout(tok, student, teacher, prompts, "opd", cfg.max_new_tokens, cfg, args.repeats)
     t_chunk, r_chunk = time_rollout(tok, student, teacher, prompts, "opd", cfg.chunk_size, cfg, args.repeats)
     same = [c.tokens for c in r_one.cands] == [c.tokens for c in r_chunk.cands]
@@ -78,15 +93,7 @@ def main() -> None:
     print(f"chunked ({cfg.chunk_size}) vs one-shot rollout: {t_chunk:.3f}s / {t_one:.3f}s = "
           f"{t_chunk / t_one:.3f}x for {r_one.tokens_generated} tokens (same tokens: {same})")
 
-    out["scored_over_generated"] = {}
-    for m in ALL_METHODS:
-        _, r = time_rollout(tok, student, teacher, prompts, m, cfg.chunk_size, cfg, 1)
-        ratio = r.tokens_teacher_scored / max(r.tokens_generated, 1)
-        out["scored_over_generated"][m] = {"scored": r.tokens_teacher_scored, "generated": r.tokens_generated,
-                                          "ratio": ratio}
-        print(f"{m:>16}: teacher-scored / generated tokens = {r.tokens_teacher_scored}/{r.tokens_generated}"
-              f" = {ratio:.3f}")
-
+    out["positions_over_kept"] = positions_over_kept(tok, student, teacher, prompts, cfg, args.models)
     runs = {}
     for s in sorted(args.results.glob("train/*/*/seed*/summary.json")):
         pair, method, seed = s.parts[-4], s.parts[-3], s.parts[-2]
@@ -109,6 +116,29 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
+
+
+def positions_over_kept(tok, student, teacher, prompts, cfg, models: Path) -> dict:
+    """Section 2: per method, forward positions against kept tokens (one rollout, seed 0)."""
+    from pgopd.config import ALL_METHODS, MATCHED
+
+    out = {"chunk_size": cfg.chunk_size, "models": str(models), "prompts": len(prompts),
+           "n_samples": cfg.n_samples, "note": "positions after the prompt prefill; limit 1.00"}
+    for m in ALL_METHODS:
+        if m in MATCHED:
+            continue  # the bare names are aliases of <control>-pgopd
+        _, r = time_rollout(tok, student, teacher, prompts, m, cfg.chunk_size, cfg, 1)
+        gen, trained = r.tokens_generated, r.tokens_trained
+        row = {"generated": gen, "trained": trained, "positions_student": r.positions_student,
+               "positions_teacher": r.positions_teacher,
+               "student_positions_per_generated": r.positions_student / max(gen, 1),
+               "teacher_positions_per_trained": r.positions_teacher / max(trained, 1),
+               "teacher_padding": r.positions_teacher - gen, "generated_not_trained": gen - trained}
+        out[m] = row
+        print(f"{m:>26}: teacher positions / trained = {r.positions_teacher}/{trained} = "
+              f"{row['teacher_positions_per_trained']:.3f}; student positions / generated = "
+              f"{r.positions_student}/{gen} = {row['student_positions_per_generated']:.3f}")
+    return out
 
 
 def train_alone(models: Path, results: Path, steps: int, methods=("opd", "pgopd", "pruneopd")) -> dict:

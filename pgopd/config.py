@@ -18,8 +18,30 @@ from pathlib import Path
 from typing import Any, Optional
 
 METHODS = ("opd", "pgopd", "pruneopd")
+#: controls matched to a reference run's numbers; the workflow names them ``<control>-<reference>``
+#: (``fixed_truncation-pruneopd``); the bare name means ``-pgopd``.
+MATCHED = ("fixed_truncation", "random_prune")
+#: ablations of each reference method: its parts run one at a time
+ABLATIONS = {"pgopd": ("continue_all", "reweight_only"),
+             "pruneopd": ("pruneopd_drift_only", "pruneopd_window_only", "pruneopd_reweight_only")}
+REFERENCES = ("pgopd", "pruneopd")
 CONTROLS = ("continue_all", "reweight_only", "fixed_truncation", "random_prune")
-ALL_METHODS = METHODS + CONTROLS
+ALL_METHODS = (METHODS + CONTROLS + ABLATIONS["pruneopd"]
+               + tuple(f"{m}-{r}" for r in REFERENCES for m in MATCHED))
+
+
+def split_control(method: str) -> tuple[str, str | None]:
+    """``fixed_truncation-pruneopd`` -> (``fixed_truncation``, ``pruneopd``); a bare matched
+    control -> (name, ``pgopd``); any other method -> (method, None)."""
+    base, _, ref = method.partition("-")
+    if base in MATCHED:
+        return base, ref or "pgopd"
+    return method, None
+
+
+def controls_of(reference: str) -> tuple[str, ...]:
+    """Methods ``controls.enabled`` adds for one reference: its ablations and matched controls."""
+    return ABLATIONS[reference] + tuple(f"{m}-{reference}" for m in MATCHED)
 
 
 class ConfigError(ValueError):
@@ -182,12 +204,15 @@ class PruneOPDConfig:
 @dataclass
 class ControlsConfig:
     """Matched controls; lengths and rates are measured from a reference run when null."""
-    enabled: bool = opt(False, "also train continue_all, reweight_only, fixed_truncation, random_prune")
+    enabled: bool = opt(False, "also train, per reference, its ablations and the matched fixed_truncation-<ref> "
+                        "and random_prune-<ref>")
     fixed_truncation_len: Optional[int] = opt(None, "length for fixed_truncation (null: matched to "
                                               "the reference run's mean generated tokens)", min=1)
     random_continue_rate: Optional[float] = opt(None, "continue rate for random_prune (null: matched "
                                                 "to the reference run)", min=0.0, max=1.0)
-    reference: str = opt("pgopd", "run the matched controls copy their numbers from", choices=METHODS[1:])
+    references: list = opt(["pgopd"], "runs the controls are matched to (each in train.methods): pgopd -> "
+                           "continue_all, reweight_only; pruneopd -> pruneopd_{drift,window,reweight}_only; "
+                           "both -> fixed_truncation-<ref>, random_prune-<ref>", choices=REFERENCES)
 
 
 @dataclass

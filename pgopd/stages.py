@@ -44,7 +44,7 @@ def report(args):
     from pathlib import Path
 
     from . import config as C
-    from .report.table import report as run
+    from .report.build import report as run
 
     hparams = None
     if args.hparams:

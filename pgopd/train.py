@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import stepstats
 from .config import TrainConfig
 from .checkpoint import RunState, _save_hf, _truncate_lines, _write_json_atomic, load_resume, save_resume
 from .rollout.loop import RolloutResult, rollout_in_groups
@@ -106,7 +107,7 @@ def sft_loss(model, prompts: list[list[int]], responses: list[list[int]], pad_id
 
 # ----------------------------------------------------------------------------- the stage
 def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list[str], tokenizer,
-                   cid_offset: int = 0, group_offset: int = 0) -> list[dict]:
+                   cid_offset: int = 0, group_offset: int = 0, extras=None) -> list[dict]:
     """Per-candidate record: decisions, lengths, weights, teacher reward on prefix / suffix,
     final correctness where the response finished (feeds the falsification analysis)."""
     from .grading import grade
@@ -125,7 +126,7 @@ def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list
                "weight_min": min(c.weights) if c.weights else None,
                "weight_mean": sum(c.weights) / len(c.weights) if c.weights else None,
                "correct": grade(response_text(tokenizer, c.tokens), answers[c.group]) if c.finished else None,
-               **c.info}
+               **(extras(c) if extras else {}), **c.info}
         out.append(rec)
     return out
 
@@ -354,24 +355,16 @@ def _update_step(run: _Run, res: RolloutResult, state: RunState, step: int) -> d
 def _log_step(run: _Run, state: RunState, step: int, res: RolloutResult, m: dict, idx: list[int]) -> None:
     """Totals, the step's metrics line, candidate records and tensorboard scalars (rank 0 writes)."""
     cfg, dist = run.cfg, run.dist
-    decided = [c for c in res.cands if c.info.get("decision_step") is not None]  # live at the probe
-    g = dist.sum(res.tokens_generated, res.tokens_teacher_scored, res.tokens_trained, len(res.cands),
-                 len(decided), sum(bool(c.info["continued"]) for c in decided),
-                 sum(c.keep for c in res.cands), sum(len(c.overlap) for c in res.cands),
-                 sum(sum(c.overlap) for c in res.cands))
-    gen, scored, trained, n_c, n_dec, n_cont, n_kept, n_ov, s_ov = g
-    for k, v in zip(("gen", "scored", "trained", "cands", "decided", "continued"),
-                    (gen, scored, trained, n_c, n_dec, n_cont)):
-        state.totals[k] += int(v)
-    m.update({"tokens_generated": int(gen), "tokens_teacher_scored": int(scored),
-              "tokens_trained": int(trained), "t_rollout_s": res.t_rollout_s,
-              "t_teacher_s": res.t_teacher_s, "n_candidates": int(n_c), "n_kept": int(n_kept),
-              "mean_length": gen / max(n_c, 1), "overlap_mean": s_ov / n_ov if n_ov else None,
-              "continue_rate": n_cont / n_dec if n_dec else None, "bad_steps": state.bad_steps})
+    sums = dist.sum(*stepstats.local_sums(res))  # counts and positions of every process
+    stepstats.add_totals(state.totals, sums)
+    m.update(stepstats.step_metrics(sums))
+    m.update({"t_rollout_s": res.t_rollout_s, "t_teacher_s": res.t_teacher_s, "bad_steps": state.bad_steps})
     answers = [run.records[i]["answer"] for i in idx]
     cand_recs = [r for rank_recs in dist.gather(
         _candidate_log(step, res, cfg.pgopd.prefix_len, answers, run.tok,
-                       cid_offset=dist.rank * run.per_rank * cfg.n_samples, group_offset=dist.rank * run.per_rank))
+                       cid_offset=dist.rank * run.per_rank * cfg.n_samples, group_offset=dist.rank * run.per_rank,
+                       extras=lambda c: stepstats.candidate_extras(c, cfg.pgopd.probe_start, cfg.pgopd.probe_end,
+                                                                   cfg.pruneopd.window)))
         for r in rank_recs]
     if dist.rank == 0:
         with open(run.metrics_path, "a") as fh:
@@ -420,9 +413,7 @@ def _finish(engine, tok, cfg, state: RunState, out_dir: Path, dist, t_start, met
     t = state.totals
     summary = {"method": method, "seed": seed, "steps": cfg.steps,
                "train_wall_s": state.wall_s + time.perf_counter() - t_start,
-               "gen_tokens": t["gen"], "tokens_teacher_scored": t["scored"], "tokens_trained": t["trained"],
-               "n_candidates": t["cands"], "mean_generated_tokens": t["gen"] / max(t["cands"], 1),
-               "continue_rate": t["continued"] / t["decided"] if t["decided"] else None,
+               **stepstats.summary_fields(t),
                "bad_steps": state.bad_steps, "world_size": dist.world, "teacher": teacher, "student": student}
     if dist.rank == 0:
         os.replace(out_dir / "metrics.jsonl.tmp", out_dir / "metrics.jsonl")

@@ -23,7 +23,7 @@ from .cluster import (check_data_files, check_pairs_raw, check_processes,  # noq
                       check_profile_gpu_flags, check_profile_placeholders, cpu_rules_sent_to_other_partition,
                       data_files, data_inputs, rendezvous_host_sh, train_launcher, train_procs_per_node,
                       train_processes)
-from .config import ALL_METHODS, CONTROLS, METHODS, Config, ConfigError
+from .config import ALL_METHODS, METHODS, Config, ConfigError
 
 #: rows of the tables that are not trained: the base models, evaluated with tag ``base``.
 BASE_MODELS = ("teacher", "student")
@@ -38,9 +38,19 @@ METHOD_BLOCKS = {
     "reweight_only": ("pgopd", "controls"),
     "fixed_truncation": ("controls",),
     "random_prune": ("pgopd", "controls"),
+    "pruneopd_drift_only": ("pruneopd",),
+    "pruneopd_window_only": ("pruneopd",),
+    "pruneopd_reweight_only": ("pruneopd",),
+    # matched to Prune-OPD: the cut point and rate come from the reference run only
+    "random_prune-pruneopd": ("controls",),
 }
+for _m in ALL_METHODS:  # fixed_truncation-<ref>, random_prune-pgopd: as the bare control
+    METHOD_BLOCKS.setdefault(_m, METHOD_BLOCKS[C.split_control(_m)[0]])
+#: knobs a method does not act on but logs with (OPD continues every candidate, so its
+#: candidates.jsonl gives the falsification outcomes over the whole probe / window range).
+LOG_KEYS = {"opd": {"pgopd": ("prefix_len", "probe_start", "probe_end"), "pruneopd": ("window",)}}
 #: controls that copy a length / rate from the reference run (``--reference``).
-NEEDS_REFERENCE = ("fixed_truncation", "random_prune")
+NEEDS_REFERENCE = C.MATCHED
 _BLOCKS = ("pgopd", "pruneopd", "controls")
 #: train keys that select jobs rather than configure one (never part of a job's params).
 _WORKFLOW_ONLY_TRAIN_KEYS = ("methods",)
@@ -149,22 +159,27 @@ def teacher_cache_dir(slug: str) -> str:
 
 # ----------------------------------------------------------------------------- methods
 def train_methods(cfg: Config) -> list[str]:
-    """Methods trained for every pair and seed: ``train.methods`` plus the controls if enabled."""
+    """Methods trained for every pair and seed: ``train.methods`` plus, when controls are
+    enabled, per reference of ``controls.references`` its ablations and matched controls."""
     methods = list(cfg.train.methods)
     ctl = cfg.train.controls
     if ctl.enabled:
-        if ctl.reference not in methods:
-            raise ConfigError(
-                f"train.controls.reference: {ctl.reference!r} is not in train.methods {methods}; the "
-                f"matched controls copy their numbers from that run (add it, or set "
-                f"train.controls.enabled: false)")
-        methods += [m for m in CONTROLS if m not in methods]
+        if not ctl.references:
+            raise ConfigError("train.controls.references: empty; name pgopd and/or pruneopd (or set "
+                              "train.controls.enabled: false)")
+        for ref in dict.fromkeys(ctl.references):
+            if ref not in methods:
+                raise ConfigError(
+                    f"train.controls.references: {ref!r} is not in train.methods {list(cfg.train.methods)}; "
+                    f"the matched controls copy their numbers from that run (add it, or set "
+                    f"train.controls.enabled: false)")
+            methods += [m for m in C.controls_of(ref) if m not in methods]
     return methods
 
 
 def reference_method(cfg: Config, method: str) -> Optional[str]:
     """The run a matched control copies its length / rate from (None for other methods)."""
-    return cfg.train.controls.reference if method in NEEDS_REFERENCE else None
+    return C.split_control(method)[1]
 
 
 def reference_arg(reference: Optional[str]) -> str:
@@ -223,6 +238,8 @@ def train_params(cfg: Config, method: str) -> dict:
     out = {k: v for k, v in d.items() if k not in _BLOCKS and k not in _WORKFLOW_ONLY_TRAIN_KEYS}
     for block in METHOD_BLOCKS[method]:
         out[block] = d[block]
+    for block, keys in LOG_KEYS.get(method, {}).items():
+        out.setdefault(block, {k: d[block][k] for k in keys})
     return out
 
 

@@ -45,7 +45,7 @@ SKIP = {("random_prune", "torchrun2_zero2_micro")}
 # method -> extra train params: PG-OPD, and the random_prune control, whose draws must not
 # depend on how the batch is split over processes
 METHODS = {"pgopd": {}, "random_prune": {"controls": {"random_continue_rate": 0.5}}}
-FLOAT_FIELDS = {"reward_prefix", "reward_suffix", "overlap_mean", "weight_mean", "weight_min"}
+FLOAT_FIELDS = {"reward_prefix", "reward_suffix", "overlap_mean", "weight_mean", "weight_min", "win_reward_var"}
 
 
 def _command(d: Path, out: Path, resources: dict, extra: dict, method: str = "pgopd") -> str:

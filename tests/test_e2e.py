@@ -70,6 +70,8 @@ def test_training_outputs(run_dir, method):
             assert k in m
         assert m["tokens_teacher_scored"] == m["tokens_generated"] > 0
         assert 0 <= m["tokens_trained"] <= m["tokens_generated"]
+        # cost where it is spent: every generated token went through both models, padding on top
+        assert m["positions_teacher"] >= m["tokens_generated"] and m["positions_student"] > 0
     cands = read_jsonl(d / "candidates.jsonl")
     assert len(cands) == 4 * 4 * 2  # steps x prompts x samples
     assert sum(c["length"] for c in cands) == sum(m["tokens_generated"] for m in metrics)
@@ -105,3 +107,11 @@ def test_evaluation_and_table(run_dir):
             assert abs(float(r["gen_tokens"]) - summary["gen_tokens"]) < 1
     md = (run_dir / "tables/main.md").read_text()
     assert "pgopd" in md and "teacher" in md
+    assert "## Why rollouts stopped" in md and "| toy: Prune-OPD |" in md
+    stops = list(csv.DictReader(open(run_dir / "tables/stop_reasons.csv")))
+    for m in ("opd", "pgopd", "pruneopd"):  # every candidate has one stop reason
+        assert sum(int(r["n"]) for r in stops if r["method"] == m) == 4 * 4 * 2
+    costs = {r["method"]: r for r in csv.DictReader(open(run_dir / "tables/costs.csv"))}
+    assert float(costs["opd"]["teacher_per_trained"]) >= 1.0
+    fals = (run_dir / "tables/falsification.md").read_text()
+    assert "**Verdict (final correctness" in fals and "reward variance vs window overlap" in fals

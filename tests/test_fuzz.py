@@ -127,7 +127,7 @@ def _mutate(rng: random.Random, raw):
             ("train", {"pruneopd": {"truncate_threshold": 0.9, "drift_threshold": 0.1}}),
             ("toy_models", {"teacher": {"d_model": 30, "n_heads": 4}}),
             ("data", {"synthetic": {"min_ops": 5, "max_ops": 2}}),
-            ("train", {"controls": {"reference": "opd"}}),
+            ("train", {"controls": {"references": ["opd"]}}),
             ("resources", {"train": {"launcher": "none", "nodes": 2}}),
         ])
         raw[section] = values

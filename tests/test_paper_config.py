@@ -98,8 +98,12 @@ def test_paper_config_marks_open_hyperparameters_as_our_choice():
         for key in keys:
             assert "our choice" in comment_for(block, key), (block, key)
     for block, key in [("^train:", "n_samples"), ("^train:", "max_new_tokens"), ("^train:", "lr"),
-                       ("^train:", "bf16"), ("^train:", "backend"), ("^eval:", "k"), ("^eval:", "temperature")]:
+                       ("^train:", "backend"), ("^eval:", "k"), ("^eval:", "temperature")]:
         assert "[recipe]" in comment_for(block, key), (block, key)
+    # thunlp/OPD's script runs top-16 student-top-k with student-p weights and fp32 FSDP weights:
+    # a sampled-token loss or bf16 here is our choice, never tagged [recipe]
+    for block, key in [("^train:", "loss_top_k"), ("^train:", "bf16")]:
+        assert "[recipe]" not in comment_for(block, key) and "our choice" in comment_for(block, key)
     # every dataset has a commented local-file alternative
     text = PAPER.read_text()
     for name in BENCHES:

@@ -326,3 +326,50 @@ def test_random_prune_integral_rate_gives_exact_counts_per_group():
     for c in a:
         per_group[c.group] = per_group.get(c.group, 0) + c.info["continued"]
     assert set(per_group.values()) == {2}
+
+
+# ----------------------------------------------------------------------------- Prune-OPD's parts alone
+def test_pruneopd_ablations_each_run_one_part():
+    # drift at t4 (W=2 mean .25 < .5: one event) and severe at t5 (0 < .25); window end 4 with a
+    # mean of .5 < .7 at t3 would stop the full method there
+    s = [1, 1, 0.5, 0.5, 0, 0] + const(1.0, 6)
+    cfg = TrainConfig(max_new_tokens=12, pruneopd=prune_cfg(truncate_threshold=0.25, initial_window=4))
+    got = {}
+    for m in ("pruneopd", "pruneopd_drift_only", "pruneopd_window_only", "pruneopd_reweight_only"):
+        (c,), _ = drive(make_policy(m, cfg), [s])
+        got[m] = c
+    assert got["pruneopd"].info["stop_reason"] == "window" and got["pruneopd"].train_len == 4
+    drift = got["pruneopd_drift_only"]
+    assert drift.info["stop_reason"] == "drift" and drift.train_len == 5 and set(drift.weights[:5]) == {1.0}
+    win = got["pruneopd_window_only"]
+    assert win.info["stop_reason"] == "window" and win.train_len == 4 and set(win.weights) == {1.0}
+    rew = got["pruneopd_reweight_only"]
+    assert rew.train_len is None and rew.length == 12 and not rew.stopped
+    assert rew.weights[3] == 1.0 and rew.weights[5] == 0.5  # the decay after the drift event, no cut
+
+
+def test_random_prune_matched_to_pruneopd_cuts_at_its_mean_cut_length_and_rate():
+    ref = {"cut_rate": 0.5, "mean_cut_len": 5.5}
+    pol = make_policy("random_prune-pruneopd", TrainConfig(max_new_tokens=12, n_samples=4), seed=1, reference=ref)
+    assert pol.cfg.prefix_len == 6 and pol.cuts_per_group == 2.0
+    cands, bounds = drive(pol, [const(1.0)] * 40, groups=[i // 4 for i in range(40)])
+    assert 6 in bounds
+    cut = [c for c in cands if c.stopped]
+    assert len(cut) == 20 and all(c.train_len == 6 and c.info["stop_reason"] == "random" for c in cut)
+    assert all(sum(c.stopped for c in cands if c.group == g) == 2 for g in range(10))  # 0.5 * 4 per group
+    # half of each group ended (EOS) before the cut point: the cuts fall on the live ones,
+    # so the group still loses 2 of its 4 (the reference's rate over all candidates)
+    eos = {i: 2 for i in range(40) if i % 4 < 2}
+    cands, _ = drive(pol, [const(1.0)] * 40, groups=[i // 4 for i in range(40)], eos=eos)
+    assert sum(c.stopped for c in cands) == 20 and not any(c.stopped for c in cands if c.cid in eos)
+    # the reference cut nothing: nobody is cut; no Prune-OPD numbers: a clear error
+    none = make_policy("random_prune-pruneopd", TrainConfig(max_new_tokens=12), reference={"cut_rate": 0.0})
+    assert none.cuts_per_group == 0.0
+    with pytest.raises(ValueError, match="cut_rate"):
+        make_policy("random_prune-pruneopd", TrainConfig(), reference={"continue_rate": None})
+
+
+def test_fixed_truncation_matched_to_the_mean_kept_length():
+    ref = {"mean_generated_tokens": 9.0, "mean_kept_tokens": 6.4}
+    assert make_policy("fixed_truncation-pruneopd", TrainConfig(), reference=ref).length == 6
+    assert make_policy("fixed_truncation", TrainConfig(), reference={"mean_generated_tokens": 9.0}).length == 9

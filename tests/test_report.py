@@ -17,7 +17,8 @@ from pgopd import cli
 from pgopd.report import falsification as F
 from pgopd.report import figures as FIG
 from pgopd.report import stats as S
-from pgopd.report.table import build_table, compute_table, load_evals, load_train, report
+from pgopd.report.build import report
+from pgopd.report.table import build_table, compute_table, load_evals, load_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -330,12 +331,12 @@ def test_falsification_falls_back_to_pgopd_and_says_so(tmp_path):
     assert e["source"] == "pgopd"
     assert e["results"]["reward_suffix"]["n"] == e["n_continued"] == 2 * 6 * 4 * 2  # continued only
     assert e["results"]["reward_suffix"]["kept_minus_stopped"] is None
-    assert "continue_all was not run" in e["text"][0] and "Only continued" in e["text"][0]
+    assert "neither continue_all nor opd was run" in e["text"][0] and "Only continued" in e["text"][0]
     F.write(fals, tmp_path / "t")
     rows = _read_csv(tmp_path / "t/falsification.csv")
     assert [(r["pair"], r["source"], r["outcome"]) for r in rows] == [("p", "pgopd", "reward_suffix"),
                                                                       ("p", "pgopd", "correct")]
-    assert "continue_all was not run" in (tmp_path / "t/falsification.md").read_text()
+    assert "neither continue_all nor opd was run" in (tmp_path / "t/falsification.md").read_text()
 
 
 # ----------------------------------------------------------------------------- figures
@@ -447,8 +448,9 @@ def test_cli_report_with_config_file(tmp_path):
     assert rc == 0
     md = (out / "main.md").read_text()
     assert "n_train=200" in md and "**Evaluation**: k=2" in md and "resources" not in md
-    assert sorted(p.name for p in out.iterdir()) == ["falsification.csv", "falsification.md", "main.csv", "main.html",
-                                                     "main.md", "main.tex"]
+    assert sorted(p.name for p in out.iterdir()) == ["controls.csv", "costs.csv", "falsification.csv", "falsification.md",
+                                                     "main.csv", "main.html", "main.md", "main.tex",
+                                                     "reward_noise.csv", "stop_reasons.csv"]
     # --hparams: JSON or @file
     (tmp_path / "h.json").write_text(json.dumps({"seeds": [3, 4]}))
     rc = cli.main(["report", "--eval", *map(str, evals), "--hparams", f"@{tmp_path / 'h.json'}", "--n-boot", "50",

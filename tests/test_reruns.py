@@ -2,7 +2,7 @@
 
 A copy of the workflow (tmp dir) gets every output of ``config/test.yaml`` as a file or
 directory: fabricated eval / train summaries, metrics and candidates, the real report
-outputs made from them by :func:`pgopd.report.table.report`, empty files for the rest.
+outputs made from them by :func:`pgopd.report.build.report`, empty files for the rest.
 ``snakemake --touch --forceall`` then marks every job as run, which records each job's
 metadata (params, code, input) in ``.snakemake/metadata`` exactly as a real run would.
 From that state a dry run after one config change lists exactly the jobs whose own config
@@ -24,7 +24,7 @@ import yaml
 
 from pgopd import workflow as W
 from pgopd.report.figures import FIGURES
-from pgopd.report.table import report
+from pgopd.report.build import report
 from wfcopy import copy_workflow
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import yaml
 
 from pgopd import config as C
 from pgopd import workflow as W
-from pgopd.report.table import report
+from pgopd.report.build import report
 from wfcopy import copy_workflow, job_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,9 +77,9 @@ def test_model_path_and_teacher_slug():
 
 
 def test_load_config_errors_name_the_key():
-    with pytest.raises(C.ConfigError, match=r"train\.controls\.reference"):
+    with pytest.raises(C.ConfigError, match=r"train\.controls\.references"):
         W.load_config({"train": {"methods": ["opd", "pgopd"],
-                                 "controls": {"enabled": True, "reference": "pruneopd"}}})
+                                 "controls": {"enabled": True, "references": ["pgopd", "pruneopd"]}}})
     with pytest.raises(C.ConfigError, match=r"train\.pgopd\.prefix_len"):
         W.load_config({"train": {"pgopd": {"prefix_len": "x"}}})
 
@@ -88,17 +88,18 @@ def test_train_methods_and_targets():
     cfg = W.load_config({})
     assert W.train_methods(cfg) == ["opd", "pgopd", "pruneopd"]
     cfg = W.load_config({"seeds": [0, 1], "train": {"controls": {"enabled": True}}})
-    assert W.train_methods(cfg) == list(C.METHODS + C.CONTROLS)
+    assert W.train_methods(cfg) == list(C.METHODS) + ["continue_all", "reweight_only", "fixed_truncation-pgopd",
+                                                      "random_prune-pgopd"]
     targets = W.eval_targets(cfg)
     assert len(targets) == len(set(targets)) == (2 + 7 * 2) * 3
     assert "results/eval/toy/teacher/base/easy.json" in targets
-    assert "results/eval/toy/random_prune/seed1/hard.json" in targets
+    assert "results/eval/toy/random_prune-pgopd/seed1/hard.json" in targets
     assert W.targets(cfg) == ["results/tables/main.csv", "results/tables/main.md"]
     assert W.eval_model(cfg, "toy", "student", "base") == "results/models/toy/student"
     assert W.eval_model(cfg, "toy", "opd", "seed1") == "results/train/toy/opd/seed1/checkpoint"
     assert W.reference_method(cfg, "fixed_truncation") == "pgopd"
     assert W.reference_method(cfg, "continue_all") is None
-    assert W.train_inputs(cfg, "toy", "random_prune", 1)["reference"] == \
+    assert W.train_inputs(cfg, "toy", "random_prune-pgopd", 1)["reference"] == \
         "results/train/toy/pgopd/seed1/summary.json"
     ins = W.train_inputs(cfg, "toy", "opd", 0)
     assert "reference" not in ins and ins["teacher_cache"] == "results/teacher/toy/summary.json"
@@ -122,7 +123,8 @@ def test_train_params_are_per_method_slices():
                                     "pruneopd": {"window": 4}, "methods": ["pgopd", "opd"]}})
     p = {m: W.train_params(base, m) for m in C.ALL_METHODS}
     assert all("methods" not in v for v in p.values())
-    assert set(p["opd"]) & {"pgopd", "pruneopd", "controls"} == set()
+    assert "controls" not in p["opd"]  # opd logs the probe / window overlap, acts on nothing else
+    assert p["opd"]["pgopd"] == {"prefix_len": 12, "probe_start": 0, "probe_end": 12} and p["opd"]["pruneopd"] == {"window": 8}
     assert "pgopd" in p["pgopd"] and "pruneopd" not in p["pgopd"] and "controls" not in p["pgopd"]
     assert "pruneopd" in p["pruneopd"] and "pgopd" not in p["pruneopd"]
     assert {"pgopd", "controls"} <= set(p["random_prune"]) and "pruneopd" not in p["random_prune"]
@@ -130,11 +132,13 @@ def test_train_params_are_per_method_slices():
     # a PG-OPD knob changes the params of exactly the jobs that read the pgopd block
     changed = {m for m in C.ALL_METHODS
                if W.params_json(W.train_params(knob, m)) != W.params_json(p[m])}
-    assert changed == {"pgopd", "continue_all", "reweight_only", "random_prune"}
-    # a Prune-OPD knob (and reordering methods) changes pruneopd's params only
+    assert changed == {"pgopd", "continue_all", "reweight_only", "random_prune",
+                       "random_prune-pgopd"}  # not opd (top_fraction), not random_prune-pruneopd
+    # the Prune-OPD window (and reordering methods) changes pruneopd's params and opd's (it logs
+    # the window overlap) only
     changed = {m for m in C.ALL_METHODS
                if W.params_json(W.train_params(more, m)) != W.params_json(p[m])}
-    assert changed == {"pruneopd"}
+    assert changed == {"pruneopd", "opd", "pruneopd_drift_only", "pruneopd_window_only", "pruneopd_reweight_only"}
     # params are stable JSON and a valid --params for the train stage
     s = W.params_json(p["pgopd"])
     assert s == W.params_json(json.loads(s)) and json.loads(s) == p["pgopd"]
@@ -267,3 +271,21 @@ def test_report_table(tmp_path):
     assert (by["opd"]["train_wall_s"], by["opd"]["gen_tokens"]) == ("105.0", "1100")
     md = (out / "main.md").read_text()
     assert "| Student | 20.00 | 10.00 | 15.00 |" in md and "| PG-OPD | 55.00 ± 7.07 |" in md
+
+
+def test_controls_per_reference_fan_out_with_named_methods():
+    cfg = W.load_config({"train": {"controls": {"enabled": True, "references": ["pgopd", "pruneopd"]}}})
+    ms = W.train_methods(cfg)
+    assert ms == ["opd", "pgopd", "pruneopd", "continue_all", "reweight_only", "fixed_truncation-pgopd",
+                  "random_prune-pgopd", "pruneopd_drift_only", "pruneopd_window_only", "pruneopd_reweight_only",
+                  "fixed_truncation-pruneopd", "random_prune-pruneopd"]
+    for m in ms:  # every method is a valid wildcard, CLI choice and has its params
+        assert re.fullmatch(W.wildcard_patterns(cfg)["method"], m) and m in C.ALL_METHODS
+        W.train_params(cfg, m)
+    assert W.train_inputs(cfg, "toy", "fixed_truncation-pruneopd", 0)["reference"] == \
+        "results/train/toy/pruneopd/seed0/summary.json"
+    assert W.train_inputs(cfg, "toy", "random_prune-pgopd", 1)["reference"] == \
+        "results/train/toy/pgopd/seed1/summary.json"
+    assert "reference" not in W.train_inputs(cfg, "toy", "pruneopd_window_only", 0)
+    # Prune-OPD's matched random cut reads no PG-OPD knob
+    assert "pgopd" not in W.train_params(cfg, "random_prune-pruneopd")

@@ -34,4 +34,5 @@ class FixedTruncationPolicy(Policy):
             if not c.finished:
                 c.stopped = True
             c.train_len = self.length
+            c.info["stop_reason"] = "fixed"
             c.info["truncated_at"] = self.length

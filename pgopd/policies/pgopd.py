@@ -37,6 +37,7 @@ from pgopd.rollout.types import Candidate, Policy
 
 class PGOPDPolicy(Policy):
     name = "pgopd"
+    stop_label = "prefix"  # candidates.jsonl stop_reason of a candidate stopped at the decision
 
     def __init__(self, cfg: PGOPDConfig):
         self.cfg = cfg
@@ -93,6 +94,7 @@ class PGOPDPolicy(Policy):
             return
         if not c.finished:
             c.stopped = True
+            c.info["stop_reason"] = self.stop_label
         # Only the prefix is trained even if the loop generated past it.
         c.train_len = self.cfg.prefix_len
         if self.cfg.low_overlap == "drop":

@@ -29,6 +29,10 @@ not depend on how the loop chunks generation; ``next_chunk`` only makes chunk bo
 land on the window-end grid ``initial_window + m * expand_by`` so no token is generated
 past a window end before its expansion check.
 
+Ablations (``pruneopd_*_only``): ``reweight`` off trains every token at weight 1;
+``truncate`` off never cuts for drift (events are still counted and logged); ``window`` off
+starts the window at max_new_tokens, so it never cuts.
+
 ``info``: ``drift_events``, ``drifted`` (current state), ``window_end`` (final window),
 ``expansions``, ``truncated_at`` (position t or None), ``stop_reason`` (``"drift"``,
 ``"window"`` or None), ``weight_min`` / ``weight_mean`` over the trained tokens.
@@ -41,14 +45,22 @@ from pgopd.rollout.types import Candidate, Policy
 
 
 class PruneOPDPolicy(Policy):
+    """``reweight`` / ``truncate`` / ``window``: Prune-OPD's three parts, each switchable so
+    the ablations run one part alone (the monitor is the same code in all of them)."""
+
     name = "pruneopd"
 
-    def __init__(self, cfg: PruneOPDConfig, max_new_tokens: int):
+    def __init__(self, cfg: PruneOPDConfig, max_new_tokens: int, *, reweight: bool = True,
+                 truncate: bool = True, window: bool = True, name: str | None = None):
         self.cfg = cfg
         self.max_new_tokens = max_new_tokens
+        self.reweight, self.truncate, self.window = reweight, truncate, window
+        self.name = name or self.name
 
     def next_chunk(self, generated: int, max_new_tokens: int, chunk_size: int) -> int:
         c = self.cfg
+        if not self.window:
+            return chunk_to(generated, max_new_tokens, chunk_size, None)
         if generated < c.initial_window:
             boundary = c.initial_window
         else:  # next point of initial_window + m * expand_by strictly after `generated`
@@ -63,7 +75,8 @@ class PruneOPDPolicy(Policy):
     def _advance(self, c: Candidate) -> None:
         cfg, st = self.cfg, c.info
         if "window_end" not in st:
-            st.update(drift_events=0, drifted=False, window_end=min(cfg.initial_window, self.max_new_tokens),
+            start = cfg.initial_window if self.window else self.max_new_tokens  # no window: never cut
+            st.update(drift_events=0, drifted=False, window_end=min(start, self.max_new_tokens),
                       expansions=0, truncated_at=None, stop_reason=None)
         if len(c.overlap) < len(c.tokens):
             raise ValueError(f"candidate {c.cid}: {len(c.tokens)} tokens but only "
@@ -80,12 +93,12 @@ class PruneOPDPolicy(Policy):
                 st["drift_events"] += 1
             st["drifted"] = below
             weight = cfg.decay ** st["drift_events"]
-            if w_t < cfg.truncate_threshold or weight < cfg.min_weight:
+            if self.truncate and (w_t < cfg.truncate_threshold or weight < cfg.min_weight):
                 self._cut(c, t, "drift")
                 st["truncated_at"] = t
                 c.weights.append(0.0)
                 continue
-            c.weights.append(weight)
+            c.weights.append(weight if self.reweight else 1.0)
             last_token_of_finished = c.finished and t == len(c.tokens) - 1
             if t + 1 == st["window_end"] and st["window_end"] < self.max_new_tokens \
                     and not last_token_of_finished:

@@ -9,8 +9,16 @@ control computes and logs the same probe (and which candidates PG-OPD would have
   (positions from ``prefix_len`` on; higher = the suffix stays closer to the teacher);
 * ``correct``: final correctness, for candidates that finished (emitted EOS) only.
 
-Candidates used: those ranked at the probe decision (``decision_step`` set, probe not
-None), i.e. not finished within the prefix; for each outcome, those where it exists.
+``reward_suffix`` measures teacher-student agreement, much as overlap does, so a "supported"
+on it is partly circular: it is shown but does not make the pair's verdict.  The verdict is
+that of ``correct`` (graded final answers, which overlap does not measure).
+
+Sources, in order of preference: ``continue_all`` (the probe logged, everyone continued);
+``opd`` (every method logs ``probe_window_overlap``, the overlap over the same probe
+window; OPD continues everyone, so the default pipeline gives the outcome at every probe
+value without training continue_all); ``pgopd`` (continued candidates only).  Candidates
+used: those ranked at the probe decision (``decision_step`` set), resp. for ``opd`` those
+that reached the end of the probe window; for each outcome, those where it exists.
 
 For every pair and outcome (seeds pooled) the analysis reports
 
@@ -18,9 +26,10 @@ For every pair and outcome (seeds pooled) the analysis reports
   95 % CI (:func:`pgopd.report.stats.spearman_ci`);
 * the outcome's mean in quantile bins of the probe (the curve in ``falsification.png``) and
   the top-bin minus bottom-bin difference with a bootstrap 95 % CI;
-* (``continue_all`` only) within-prompt: mean outcome of the candidates PG-OPD would have
-  kept minus those it would have stopped, per prompt group that has both, averaged over
-  groups, with a bootstrap 95 % CI over groups.
+* (``continue_all``, and ``opd`` with PG-OPD's top-half rule applied to its candidates)
+  within-prompt: mean outcome of the candidates PG-OPD would have kept minus those it would
+  have stopped, per prompt group that has both, averaged over groups, with a bootstrap 95 %
+  CI over groups (the same problem on both sides: difficulty cannot drive it).
 
 Verdict (from the numbers): *supported* when the correlation is positive with a CI above 0
 and the top-vs-bottom difference is positive with a CI above 0; *contradicted* when either
@@ -30,31 +39,35 @@ CI includes 0, and / or the top-vs-bottom difference is not significant); *insuf
 with fewer than :data:`MIN_N` candidates or no variation.  The within-prompt kept-minus-
 stopped difference is reported next to it but does not enter the verdict.
 
-Fallback: without a ``continue_all`` run the pair's ``pgopd`` candidates are used; there
-only continued (high-overlap) candidates have suffixes, so the analysis covers the upper
-part of the overlap range and cannot tell what the stopped suffixes would have been worth;
-the text says so.
+Fallback: with neither ``continue_all`` nor ``opd``, the pair's ``pgopd`` candidates are
+used; there only continued (high-overlap) candidates have suffixes, so the analysis covers
+the upper part of the overlap range and cannot tell what the stopped suffixes would have
+been worth; the text says so.  Prune-OPD's premise (window overlap vs reward variance) is
+in :mod:`pgopd.report.noise`.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 from . import stats as S
+from .common import csv_text, load_runs, write_atomic
 
 OUTCOMES = ("reward_suffix", "correct")
 OUTCOME_LABELS = {"reward_suffix": "mean teacher reward on the suffix",
                   "correct": "final correctness (finished candidates)"}
-SOURCES = ("continue_all", "pgopd")  # preferred first
+#: outcomes that measure teacher-student agreement like overlap does: shown, not the verdict
+CIRCULAR = ("reward_suffix",)
+VERDICT_OUTCOME = "correct"
+KEEP_FRACTION = 0.5  # PG-OPD's default top_fraction: who it "would have kept" among OPD's candidates
+SOURCES = ("continue_all", "opd", "pgopd")  # preferred first
 N_BINS = 5
 MIN_N = 10  # fewer candidates with an outcome: no verdict
-_KEEP = ("step", "group", "probe_overlap", "selected", "continued", "decision_step", "reward_suffix",
+_KEEP = ("step", "group", "cid", "probe_overlap", "selected", "continued", "decision_step", "reward_suffix",
          "correct", "finished", "stopped", "length", "truncated_at", "stop_reason", "weight_min",
-         "weight_mean", "drift_events", "train_len", "keep")
+         "weight_mean", "drift_events", "train_len", "keep", "probe_window_overlap", "probe_window_complete",
+         "win_overlap", "win_reward_var")
 
 CSV_COLUMNS = ("pair", "source", "outcome", "n", "spearman_rho", "rho_ci_low", "rho_ci_high", "spearman_p",
                "n_bins", "bottom_bin_mean", "top_bin_mean", "top_minus_bottom", "tmb_ci_low", "tmb_ci_high",
@@ -65,28 +78,35 @@ BIN_COLUMNS = ("pair", "source", "outcome", "bin", "x_low", "x_high", "x_mean", 
 # ----------------------------------------------------------------------------- loading
 def load_candidates(paths) -> dict[tuple[str, str, int], list[dict]]:
     """(pair, method, seed) -> candidate records (only the fields the report uses)."""
-    from .table import run_key
-
-    out = {}
-    for path in map(Path, paths):
-        key = run_key(path)
-        recs = []
-        with open(path) as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: not json: {e}") from None
-                recs.append({k: rec.get(k) for k in _KEEP})
-        out[key] = recs
-    return out
+    return load_runs(paths, _KEEP)
 
 
-def ranked(recs: list[dict]) -> list[dict]:
-    """Candidates ranked at the probe decision (not finished within the prefix)."""
+def ranked(recs: list[dict], source: str = "continue_all") -> list[dict]:
+    """Candidates with a probe outcome: ranked at the probe decision (not finished within the
+    prefix); for ``opd``, those that reached the end of the probe window (their
+    ``probe_window_overlap`` becomes ``probe_overlap``)."""
+    if source == "opd":
+        out = [{**r, "probe_overlap": r["probe_window_overlap"]} for r in recs
+               if r.get("probe_window_complete") and r.get("probe_window_overlap") is not None]
+        return _would_select(out)
     return [r for r in recs if r.get("decision_step") is not None and r.get("probe_overlap") is not None]
+
+
+def _would_select(recs: list[dict], fraction: float = KEEP_FRACTION) -> list[dict]:
+    """Mark ``selected`` as PG-OPD's top-fraction rule would, per prompt group of a step
+    (ties to the lower cid), so the within-prompt comparison also runs on OPD's candidates;
+    it compares candidates of the same problem, so problem difficulty cannot drive it."""
+    import math
+
+    groups = defaultdict(list)
+    for r in recs:
+        groups[(r.get("step"), r.get("group"))].append(r)
+    for g in groups.values():
+        n_keep = min(len(g), max(0, math.ceil(fraction * len(g) - 1e-9)))
+        ranked_ = sorted(g, key=lambda r: (-r["probe_overlap"], r.get("cid") or 0))
+        for i, r in enumerate(ranked_):
+            r["selected"] = i < n_keep
+    return recs
 
 
 def _value(r: dict, outcome: str) -> Optional[float]:
@@ -164,14 +184,16 @@ def analyse(cands: dict[tuple[str, str, int], list[dict]], n_bins: int = N_BINS,
             recs = []
             runs = sorted(s for p, m, s in cands if p == pair and m == source)
             for s in runs:
-                for r in ranked(cands[(pair, source, s)]):
+                for r in ranked(cands[(pair, source, s)], source):
                     recs.append({**r, "_run": s})
             entry["n_seeds"], entry["n_ranked"] = len(runs), len(recs)
             if source == "pgopd":
                 entry["n_continued"] = sum(bool(r.get("continued")) for r in recs)
             for outcome in OUTCOMES:
                 entry["results"][outcome] = analyse_outcome(recs, outcome, n_bins, n_boot, seed,
-                                                            within_group=source == "continue_all")
+                                                            within_group=source in ("continue_all", "opd"))
+        res = entry["results"].get(VERDICT_OUTCOME)
+        entry["verdict"] = res["verdict"] if res else "insufficient"
         entry["text"] = sentences(pair, entry)
         out["pairs"][pair] = entry
     return out
@@ -223,19 +245,30 @@ def sentence(res: dict) -> str:
         head = (f"Low-overlap suffixes turned out as valuable as high-overlap ones by the {what} "
                 f"({' and '.join(reasons)}); this does not support PG-OPD's premise that low prefix overlap "
                 f"marks low-value suffixes")
-    return f"{head} ({rho}; {tmb}{kms})."
+    note = (" This outcome measures teacher-student agreement, as overlap does: shown, not used for the "
+            "verdict." if res["outcome"] in CIRCULAR else "")
+    if v in ("supported", "contradicted") and res.get("kept_minus_stopped") is not None \
+            and not S.ci_excludes_zero(res.get("kms_ci_low"), res.get("kms_ci_high")):
+        note = (" Within the same prompt the difference is not significant: the pooled relation may reflect "
+                "which problems have high overlap rather than which of a problem's candidates do, and PG-OPD "
+                "ranks within a prompt." + note)
+    return f"{head} ({rho}; {tmb}{kms}).{note}"
 
 
 def sentences(pair: str, entry: dict) -> list[str]:
     src = entry["source"]
     if src is None:
-        return [f"{pair}: neither continue_all nor pgopd was run, so probe overlap was never measured."]
+        return [f"{pair}: none of continue_all, opd, pgopd was run, so probe overlap was never measured."]
     out = []
-    if src == "continue_all":
+    if src == "opd":
+        out.append(f"{pair}: from the OPD runs ({entry['n_seeds']} seed(s), {entry['n_ranked']} candidates that "
+                   f"reached the end of the probe window), where every candidate ran to full length; the probe "
+                   f"overlap is measured on PG-OPD's probe window.")
+    elif src == "continue_all":
         out.append(f"{pair}: from the continue_all control ({entry['n_seeds']} seed(s), {entry['n_ranked']} "
                    f"candidates ranked at the probe), where every candidate ran to full length.")
     else:
-        out.append(f"{pair}: continue_all was not run, so this uses PG-OPD's own candidates "
+        out.append(f"{pair}: neither continue_all nor opd was run, so this uses PG-OPD's own candidates "
                    f"({entry['n_seeds']} seed(s), {entry['n_ranked']} ranked at the probe, "
                    f"{entry.get('n_continued', 0)} continued). Only continued (high-overlap) candidates have "
                    f"suffixes: the suffix analysis covers the upper part of the overlap range only and cannot "
@@ -265,24 +298,20 @@ def bin_rows(fals: dict) -> list[dict]:
     return out
 
 
-def _csv(columns, rows_) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    w.writeheader()
-    for r in rows_:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    return buf.getvalue()
+_csv = csv_text
 
 
 def render_markdown(fals: dict) -> str:
     lines = ["# Falsification: does probe overlap predict suffix value?", "",
              "Premise tested (PG-OPD review, §3.2): low top-k overlap on the prefix marks a low-value suffix. "
-             "Outcomes: mean teacher reward on the suffix, and final correctness where the candidate finished. "
+             "Outcomes: final correctness where the candidate finished (graded answers: the verdict), and the "
+             "mean teacher reward on the suffix (an agreement measure like overlap: partly circular, shown only). "
              "95% CIs from bootstrap resampling.", ""]
     if not fals["pairs"]:
         lines += ["No candidates.jsonl was given: no analysis.", ""]
     for pair, entry in fals["pairs"].items():
-        lines += [f"## {pair}", ""]
+        lines += [f"## {pair}", "", f"**Verdict ({OUTCOME_LABELS[VERDICT_OUTCOME]} vs probe overlap): "
+                  f"{entry.get('verdict', 'insufficient').replace('_', ' ')}**", ""]
         lines += [f"- {s}" for s in entry["text"]]
         lines.append("")
     return "\n".join(lines)
@@ -301,10 +330,8 @@ def render_html(fals: dict) -> str:
     return "\n".join(parts)
 
 
-def write(fals: dict, out_dir: Path) -> None:
+def write(fals: dict, out_dir: Path, extra_md: str = "") -> None:
     """``falsification.csv`` (one row per pair and outcome) and ``falsification.md`` (the text)."""
-    from .table import write_atomic
-
     out_dir = Path(out_dir)
     write_atomic(out_dir / "falsification.csv", _csv(CSV_COLUMNS, rows(fals)))
-    write_atomic(out_dir / "falsification.md", render_markdown(fals))
+    write_atomic(out_dir / "falsification.md", render_markdown(fals) + extra_md)

@@ -21,14 +21,14 @@ A figure without data (e.g. Prune-OPD not run) says so and its CSV has only the 
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from . import stats as S
-from .table import BASE_ROWS, LABELS, Table, _method_rank, run_key, write_atomic
+from .common import BASE_ROWS, LABELS, csv_text, load_runs, write_atomic
+from .common import method_rank as _method_rank
+from .falsification import OUTCOME_LABELS, OUTCOMES, bin_rows
+from .table import Table
 
 FIGURES = ("accuracy_vs_wall", "tokens_per_step", "probe_overlap_hist", "pruneopd_truncation",
            "pruneopd_weights", "falsification")
@@ -56,21 +56,11 @@ def _plt():
 
 def load_metrics(paths) -> dict[tuple[str, str, int], list[dict]]:
     """(pair, method, seed) -> metrics.jsonl records."""
-    out = {}
-    for path in map(Path, paths):
-        key = run_key(path)
-        with open(path) as fh:
-            out[key] = [json.loads(line) for line in fh if line.strip()]
-    return out
+    return load_runs(paths)
 
 
 def _write_csv(path: Path, columns, rows) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    write_atomic(path, buf.getvalue())
+    write_atomic(path, csv_text(columns, rows))
 
 
 def _save(fig, path: Path) -> None:
@@ -294,7 +284,6 @@ def pruneopd_weights(candidates: dict, fig_dir: Path) -> list[dict]:
 
 
 def falsification_curves(fals: dict, fig_dir: Path) -> list[dict]:
-    from .falsification import OUTCOME_LABELS, OUTCOMES, bin_rows
 
     rows = bin_rows(fals)
     name = "falsification"

@@ -37,25 +37,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import CONTROLS, METHODS
 from . import stats as S
+from .common import BASE_ROWS, LABELS, ROW_ORDER, method_rank, run_key, write_atomic  # noqa: F401 (re-exported)
 
-ROW_ORDER = ("teacher", "student") + METHODS + CONTROLS
-BASE_ROWS = ("teacher", "student")
 BASELINE = "opd"
 TRAIN_COLUMNS = ("train_wall_s", "gen_tokens")
-LABELS = {"teacher": "Teacher", "student": "Student", "opd": "OPD", "pgopd": "PG-OPD",
-          "pruneopd": "Prune-OPD", "continue_all": "Continue-all (ctrl)",
-          "reweight_only": "Reweight-only (ctrl)", "fixed_truncation": "Fixed truncation (ctrl)",
-          "random_prune": "Random prune (ctrl)"}
+_method_rank = method_rank
 
 
 # ----------------------------------------------------------------------------- reading
@@ -86,25 +79,12 @@ def _eval_key(path: Path) -> tuple[str, str, str]:
     return parts[-4], parts[-3], parts[-2]
 
 
-def run_key(path: Path) -> tuple[str, str, int]:
-    """(pair, method, seed) of a file in a train run dir ``.../<pair>/<method>/seed<k>/<file>``."""
-    parts = Path(path).parts
-    m = re.fullmatch(r"seed(\d+)", parts[-2]) if len(parts) >= 4 else None
-    if not m:
-        raise ValueError(f"{path}: expected .../train/<pair>/<method>/seed<k>/{Path(path).name}")
-    return parts[-4], parts[-3], int(m.group(1))
-
-
 _train_key = run_key
 
 
 def _tag_seed(tag: str):
     m = re.fullmatch(r"seed(\d+)", tag)
     return int(m.group(1)) if m else None
-
-
-def _method_rank(method: str) -> tuple[int, str]:
-    return (ROW_ORDER.index(method), "") if method in ROW_ORDER else (len(ROW_ORDER), method)
 
 
 @dataclass
@@ -604,20 +584,6 @@ def html_page(title: str, body: str) -> str:
 
 
 # ----------------------------------------------------------------------------- files
-def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 _write_atomic = write_atomic
 
 
@@ -628,33 +594,3 @@ def write_tables(t: Table, out_dir: Path, hparams: Optional[dict] = None, trains
     write_atomic(out_dir / "main.csv", to_csv(cols, [csv_row(r, t.benches) for r in t.rows]))
     write_atomic(out_dir / "main.md", render_markdown(t, hparams, trains))
     write_atomic(out_dir / "main.tex", render_latex(t, hparams, trains))
-
-
-def report(eval_jsons: list[Path], train_jsons: list[Path], out_dir: Path, *, metrics=(), candidates=(),
-           fig_dir: Optional[Path] = None, hparams: Optional[dict] = None, n_boot: int = S.N_BOOT,
-           seed: int = 0) -> Table:
-    """Write the tables to ``out_dir`` (main.{csv,md,tex}, falsification.{csv,md}, main.html)
-    and, with ``fig_dir``, the figures and their data files (:mod:`pgopd.report.figures`).
-
-    ``metrics`` / ``candidates``: the runs' metrics.jsonl / candidates.jsonl (figures and the
-    falsification analysis); ``hparams``: the run's config (printed under the tables).
-    """
-    from . import falsification as F
-
-    evals = load_evals(eval_jsons)
-    trains = load_train(train_jsons)
-    t = compute_table(evals, trains, n_boot=n_boot, seed=seed)
-    out_dir = Path(out_dir)
-    write_tables(t, out_dir, hparams, trains)
-    cands = F.load_candidates(candidates)
-    fals = F.analyse(cands, n_boot=n_boot, seed=seed)
-    F.write(fals, out_dir)
-    body = render_html_table(t, hparams, trains) + "\n<h2>Falsification: does probe overlap predict suffix value?</h2>\n" \
-        + F.render_html(fals)
-    write_atomic(out_dir / "main.html", html_page("pgopd: main results", body))
-    if fig_dir is not None:
-        from . import figures
-
-        figures.write_all(t, trains=trains, metrics=figures.load_metrics(metrics), candidates=cands,
-                          falsification=fals, fig_dir=Path(fig_dir))
-    return t

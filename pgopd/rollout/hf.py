@@ -79,6 +79,8 @@ class HFSampler:
         toks, valid, logps, tk_ids, tk_logp = [], [], [], [], []
         V = self.logits_BV.shape[-1]
         for _ in range(n_tokens):
+            if toks and bool(self.done_B.all()):
+                break  # every row has ended: the rest of the chunk would be padding only
             if self.pending_B is not None:
                 self.logits_BV = self.kv.forward_new(self.pending_B[:, None])[:, 0]
             # noise from a CPU generator (same stream on any device), used where the logits are
@@ -97,6 +99,11 @@ class HFSampler:
             self.pending_B = tok_B
         return Chunk(torch.stack(toks, 1), torch.stack(valid, 1), torch.stack(logps, 1),
                      torch.stack(tk_ids, 1), torch.stack(tk_logp, 1), self.done_B.clone())
+
+    @property
+    def positions(self) -> tuple[int, int]:
+        """(prompt prefill positions, later positions) the student's forward ran, padding included."""
+        return self.kv.n_prefill_positions, self.kv.n_positions
 
     def select(self, keep_B: torch.Tensor) -> None:
         """Keep live rows ``keep_B`` (indices into the current live batch)."""

@@ -34,6 +34,10 @@ class KVBatch:
         self.prompt_ids_BL = ids.to(self.device)
         self.mask_BL = mask.to(self.device)
         self.cache = None
+        # positions the model's forward actually ran, padding included (cost where it is
+        # spent, not tokens kept): the prompt prefill, and every later forward_new
+        self.n_prefill_positions = 0
+        self.n_positions = 0
 
     @property
     def batch_size(self) -> int:
@@ -60,6 +64,7 @@ class KVBatch:
         from transformers import DynamicCache
 
         self.cache = DynamicCache()
+        self.n_prefill_positions += self.prompt_ids_BL.numel()
         out = self._run(self.prompt_ids_BL, hidden)[:, -1]
         return out if hidden else out.float()
 
@@ -73,6 +78,7 @@ class KVBatch:
         ones = torch.ones((tokens_BC.shape[0], tokens_BC.shape[1]), dtype=self.mask_BL.dtype,
                           device=self.device)
         self.mask_BL = torch.cat([self.mask_BL, ones], dim=1)
+        self.n_positions += tokens_BC.numel()
         out = self._run(tokens_BC, hidden)
         return out if hidden else out.float()
 

@@ -32,6 +32,14 @@ class RolloutResult:
     t_teacher_s: float = 0.0
     tokens_teacher_scored: int = 0
     n_chunks: int = 0
+    # Positions each model's forward actually ran after the prompt prefill, padding after
+    # EOS and tokens past a cut included (None: the backend does not count, e.g. vLLM);
+    # prefill_* the prompt positions of the one prefill.  Cost is spent here, not per kept token.
+    positions_student: int | None = None
+    positions_teacher: int | None = None
+    prefill_positions_student: int | None = None
+    prefill_positions_teacher: int | None = None
+    chunk_ends: list = field(default_factory=list)   # generated count after each chunk
 
     @property
     def tokens_generated(self) -> int:
@@ -45,6 +53,33 @@ class RolloutResult:
     @property
     def tokens_trained(self) -> int:
         return sum(self.train_len(c) for c in self.cands)
+
+
+#: why a candidate stopped generating / training (candidates.jsonl ``stop_reason``):
+#: ``eos`` it ended by itself, ``length`` it reached max_new_tokens, or the policy's cut:
+#: ``prefix`` (PG-OPD stop at the prefix), ``random`` (random_prune), ``fixed``
+#: (fixed_truncation), ``drift`` / ``window`` (Prune-OPD truncation / window end).
+STOP_REASONS = ("eos", "length", "prefix", "random", "fixed", "drift", "window", "policy")
+
+
+def stop_reason(c: Candidate, max_new_tokens: int) -> str:
+    """The reason a finished rollout ended; a policy's own ``info['stop_reason']`` wins."""
+    if c.info.get("stop_reason"):
+        return c.info["stop_reason"]
+    if c.finished:
+        return "eos"
+    if c.length >= max_new_tokens:
+        return "length"
+    # Stopped or trained short without a reason from the policy: name the policy.
+    return "policy"
+
+
+def _positions(backend) -> tuple[int | None, int | None]:
+    """(prefill, later) forward positions a sampler / scorer counted, or (None, None)."""
+    pos = getattr(backend, "positions", None)
+    if pos is None:
+        return None, None
+    return int(pos[0]), int(pos[1])
 
 
 @contextmanager
@@ -81,12 +116,14 @@ def rollout(sampler, scorer, policy: Policy, prompts: list[list[int]], *, n_samp
         if n < 1:
             raise RuntimeError(f"policy {policy.name} asked for a chunk of {n} tokens")
         with _clock(res, "t_rollout_s"):
-            ch = sampler.extend(n)
+            ch = _trim_padding(sampler.extend(n))
+        n = ch.tokens_BC.shape[1]  # a sampler may end a chunk early once every row has ended
         with _clock(res, "t_teacher_s"):
             sc = scorer.score(ch.tokens_BC, ch.valid_BC,
                               ch.topk_ids_BCK[..., :loss_top_k] if loss_top_k else None)
         generated += n
         res.n_chunks += 1
+        res.chunk_ends.append(generated)
         overlap_BC = topk_overlap(ch.topk_ids_BCK[..., :overlap_k], sc.topk_ids_BCK)
         for row, cid in enumerate(live):
             c, m = cands[cid], ch.valid_BC[row]
@@ -115,7 +152,11 @@ def rollout(sampler, scorer, policy: Policy, prompts: list[list[int]], *, n_samp
                 scorer.select(idx)
         live = [live[row] for row in keep]
     policy.finalize(cands)
+    for c in cands:
+        c.info["stop_reason"] = stop_reason(c, max_new_tokens)
     res.tokens_teacher_scored = scorer.n_scored
+    res.prefill_positions_student, res.positions_student = _positions(sampler)
+    res.prefill_positions_teacher, res.positions_teacher = _positions(scorer)
     if loss_top_k:
         k = loss_top_k
         res.student_topk_ids = [torch.cat(x) if x else torch.zeros((0, k), dtype=torch.long) for x in s_topk]
@@ -154,5 +195,20 @@ def rollout_in_groups(make_sampler, scorer, policy: Policy, prompts: list[list[i
     merged = {}
     for f in dataclasses.fields(RolloutResult):
         vals = [getattr(p, f.name) for p in parts]
-        merged[f.name] = [x for v in vals for x in v] if isinstance(vals[0], list) else sum(vals)
+        if isinstance(vals[0], list):
+            merged[f.name] = [x for v in vals for x in v]
+        else:  # counts add up; a position count a backend does not keep (None) stays None
+            merged[f.name] = None if any(v is None for v in vals) else sum(vals)
     return RolloutResult(**merged)
+
+
+def _trim_padding(ch):
+    """Drop trailing columns that are padding in every row (all rows ended before them), so
+    the teacher does not score them; a no-op for the hf sampler, which stops the chunk there."""
+    any_valid_C = ch.valid_BC.any(0)
+    if bool(any_valid_C.all()) or not bool(any_valid_C.any()):
+        return ch
+    C = int(any_valid_C.nonzero().max()) + 1
+    for name in ("tokens_BC", "valid_BC", "logp_BC", "topk_ids_BCK", "topk_logp_BCK"):
+        setattr(ch, name, getattr(ch, name)[:, :C])
+    return ch

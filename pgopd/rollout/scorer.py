@@ -53,6 +53,11 @@ class TeacherScorer:
             logp_BC=logp_N.reshape(B, C).cpu(), topk_ids_BCK=top_NK.reshape(B, C, -1).cpu(),
             logp_at_student_BCK=None if at_NK is None else at_NK.reshape(B, C, -1).cpu())
 
+    @property
+    def positions(self) -> tuple[int, int]:
+        """(prompt prefill positions, later positions) the teacher's forward ran, padding included."""
+        return self.kv.n_prefill_positions, self.kv.n_positions
+
     def select(self, keep_B: torch.Tensor) -> None:
         self.kv.select(keep_B)
         self.next_hidden_BH = self.next_hidden_BH.index_select(0, keep_B.to(self.next_hidden_BH.device))

@@ -1,6 +1,6 @@
 # On-policy distillation of each pair's student with each method and seed.
 # fixed_truncation / random_prune copy their length / rate from the reference run
-# (train.controls.reference) of the same pair and seed.
+# (train.controls.references: fixed_truncation-<ref>, random_prune-<ref>) of the same pair and seed.
 # One process, or one per GPU when resources.train.gpu > 1 or nodes > 1 (torchrun, or the
 # deepspeed launcher with resources.train.launcher: deepspeed): see pgopd.workflow.train_command.
 # The launch command is not part of params, so changing GPUs / nodes reruns nothing.
