@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_POSITIONS = 256            # context of the toy models (prompt + response)
 WARMUP_FRACTION = 0.1          # one-cycle: share of the steps spent raising the learning rate
-EVAL_OPS = (1, 2, 3)           # held-out difficulty levels (the synthetic benchmarks' ops)
+EVAL_OPS = (1, 2, 3)           # held-out difficulty levels (plus any op count seen in training)
 VLLM_HEAD_SIZES = {32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512}
 _EXPR = re.compile(r"\d+(?:[+-]\d+)+")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -98,8 +98,9 @@ def training_expressions(records: list[dict]) -> list[str]:
 
 
 def heldout_problems(records: list[dict], n: int, seed: int) -> dict[int, list[dict]]:
-    """``n`` unseen problems per difficulty in ``EVAL_OPS``, drawn like the training ones.
+    """``n`` unseen problems per difficulty, drawn like the training ones (same ``task`` format).
 
+    The difficulties are ``EVAL_OPS`` and every operation count of the training records.
     The operand range is read off the training expressions and the prompt wording is copied
     from the first record (the expression replaced).  Empty when the prompts hold no
     ``a+b-c`` expression (then no accuracy is measured); a difficulty whose problems are
@@ -112,10 +113,13 @@ def heldout_problems(records: list[dict], n: int, seed: int) -> dict[int, list[d
         return {}
     operand_max = max(2, max(int(x) for e in exprs for x in re.findall(r"\d+", e)))
     head, tail = first[:match.start()], first[match.end():]
+    task = records[0].get("task", "arith")
+    levels = sorted(set(EVAL_OPS) | {r["ops"] for r in records if isinstance(r.get("ops"), int)})
     out = {}
-    for ops in EVAL_OPS:
+    for ops in levels:
         try:
-            probs = make_split(n, ops, ops, operand_max, seed + ops, f"heldout{ops}", exclude=set(exprs))
+            probs = make_split(n, ops, ops, operand_max, seed + ops, f"heldout{ops}", exclude=set(exprs),
+                               task=task)
         except ValueError as e:
             log.warning("no held-out accuracy for %d-operation problems: %s", ops, e)
             continue
