@@ -124,6 +124,10 @@ class ToyModelConfig:
     final_lr_fraction: float = opt(0.01, "learning rate at the last step as a fraction of lr (cosine decay; "
                                          "1 = no decay): a student left un-annealed keeps room to learn", min=0.0, max=1.0)
     seed: int = opt(0, "init and data-order seed", min=0)
+    loop_fraction: float = opt(0.0, "share of the warm-start solutions replaced by a looping trace (a step "
+                               "repeated up to loop_len tokens, no EOS): a student that drifts into "
+                               "non-terminating rollouts (issue 15); 0 = clean solutions only", min=0.0, max=1.0)
+    loop_len: int = opt(160, "response length of a looping trace, in characters", min=8, max=240)
 
 
 @dataclass

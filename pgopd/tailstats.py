@@ -48,7 +48,8 @@ def tail_stats(rollouts: list[dict], max_new_tokens: int, *, length_bins: int = 
     """Summary of rollouts given as ``{n_tokens, finished, text, correct, overlap}`` dicts.
 
     ``overlap`` is the per-position teacher/student top-k overlap of that rollout (may be
-    empty).  Returns counts, the tail's share of rollouts and of tokens, a response-length
+    empty); an optional ``teacher_logp`` (log p_teacher of each sampled token) gives the
+    teacher's mean token log-likelihood on tail vs other rollouts.  Returns counts, the tail's share of rollouts and of tokens, a response-length
     histogram (``length_bins`` equal bins over ``[0, max_new_tokens]``), a histogram of
     per-position overlap (tail vs rest, bins of 1/8), and the mean overlap by position
     window of ``overlap_window`` tokens (tail vs rest): where along a rollout the teacher's
@@ -65,10 +66,12 @@ def tail_stats(rollouts: list[dict], max_new_tokens: int, *, length_bins: int = 
     edges = [max_new_tokens * i / length_bins for i in range(length_bins + 1)]
     ov_edges = [i / 8 for i in range(9)]
     ov = {"tail": [], "rest": []}
+    tlp = {"tail": [], "rest": []}
     by_window: dict[str, dict[int, list[float]]] = {"tail": {}, "rest": {}}
     for r, t in zip(rollouts, tail):
         key = "tail" if t else "rest"
         ov[key] += r.get("overlap", [])
+        tlp[key] += r.get("teacher_logp", [])
         for pos, o in enumerate(r.get("overlap", [])):
             by_window[key].setdefault(pos // overlap_window, []).append(o)
     return {
@@ -85,6 +88,7 @@ def tail_stats(rollouts: list[dict], max_new_tokens: int, *, length_bins: int = 
         "overlap_hist": {"edges": ov_edges, "tail": histogram(ov["tail"], ov_edges),
                          "rest": histogram(ov["rest"], ov_edges)},
         "mean_overlap": {"tail": _mean(ov["tail"]), "rest": _mean(ov["rest"])},
+        "mean_teacher_logp": {"tail": _mean(tlp["tail"]), "rest": _mean(tlp["rest"])},
         "overlap_by_window": {k: {f"{w * overlap_window}-{(w + 1) * overlap_window}": round(_mean(v), 4)
                                   for w, v in sorted(d.items())} for k, d in by_window.items()},
     }

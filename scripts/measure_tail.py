@@ -58,7 +58,8 @@ def run(models: Path, train: Path, params: dict, n_prompts: int, n_samples: int,
                 text = response_text(tok, c.tokens)
                 gold = recs[c.group]["answer"]
                 rolls.append({"n_tokens": c.length, "finished": c.finished, "text": text,
-                              "correct": extract_boxed(text) == gold, "overlap": c.overlap})
+                              "correct": extract_boxed(text) == gold, "overlap": c.overlap,
+                              "teacher_logp": c.teacher_logp})
             row["tail"] = tail_stats(rolls, cfg.max_new_tokens)
             row["examples"] = [r["text"] for r in rolls[:6]]
         out[m] = row
@@ -88,6 +89,7 @@ def main() -> None:
     t = out["opd"]["tail"]
     print(json.dumps({k: t[k] for k in ("mean_length", "hit_limit_rate", "boxed_rate", "correct_rate",
                                         "tail_rate", "tail_token_share", "length_hist", "mean_overlap",
+                                        "mean_teacher_logp",
                                         "overlap_by_window")}, indent=1))
     print("tokens:", {m: (out[m]["tokens_generated"], out[m]["tokens_ratio"], out[m]["seconds"])
                       for m in args.methods.split(",")})

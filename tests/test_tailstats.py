@@ -20,7 +20,8 @@ def test_histogram_bins_and_edges():
 
 def test_tail_stats_hand_computed():
     rolls = [
-        {"n_tokens": 10, "finished": True, "text": "\\boxed{1}", "correct": True, "overlap": [1.0] * 10},
+        {"n_tokens": 10, "finished": True, "text": "\\boxed{1}", "correct": True, "overlap": [1.0] * 10,
+         "teacher_logp": [-0.5] * 10},
         {"n_tokens": 30, "finished": False, "text": "1+1=2; 2+", "correct": False,
          "overlap": [1.0] * 8 + [0.25] * 22},
     ]
@@ -32,6 +33,7 @@ def test_tail_stats_hand_computed():
     assert s["length_hist"]["counts"] == [0, 1, 1]
     assert s["overlap_hist"]["rest"][-1] == 10 and s["overlap_hist"]["tail"][2] == 22
     assert s["mean_overlap"]["rest"] == 1.0
+    assert s["mean_teacher_logp"] == {"tail": None, "rest": -0.5}
     assert s["mean_overlap"]["tail"] == pytest.approx((8 + 0.25 * 22) / 30)
     assert s["overlap_by_window"]["tail"]["0-8"] == 1.0 and s["overlap_by_window"]["tail"]["8-16"] == 0.25
     with pytest.raises(ValueError, match="at least one"):
