@@ -72,6 +72,9 @@ def sub(cls, help: str):
 @dataclass
 class SyntheticConfig:
     """The embedded default task: multi-step integer arithmetic with worked solutions."""
+    task: str = opt("arith", "solution format: arith (short steps) or long (every step rewrites the rest of "
+                    "the expression: longer traces, where a weak student's rollouts can drift and run "
+                    "to the length limit)", choices=("arith", "long"))
     n_train: int = opt(3000, "number of training prompts", min=1)
     operand_max: int = opt(30, "operands are drawn from 1..operand_max", min=2, max=999)
     min_ops: int = opt(1, "fewest operations (+/-) in a training problem", min=1, max=8)
@@ -143,6 +146,10 @@ class ToyModelConfig:
     final_lr_fraction: float = opt(0.01, "learning rate at the last step as a fraction of lr (cosine decay; "
                                          "1 = no decay): a student left un-annealed keeps room to learn", min=0.0, max=1.0)
     seed: int = opt(0, "init and data-order seed", min=0)
+    loop_fraction: float = opt(0.0, "share of the warm-start solutions replaced by a looping trace (a step "
+                               "repeated up to loop_len tokens, no EOS): a student that drifts into "
+                               "non-terminating rollouts (issue 15); 0 = clean solutions only", min=0.0, max=1.0)
+    loop_len: int = opt(160, "response length of a looping trace, in characters", min=8, max=240)
 
 
 @dataclass

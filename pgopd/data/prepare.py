@@ -55,8 +55,8 @@ def build_train(cfg: DataConfig) -> tuple[list[dict], dict]:
     t = cfg.train
     if t.source == "synthetic":
         s = cfg.synthetic
-        records = make_split(s.n_train, s.min_ops, s.max_ops, s.operand_max, s.seed, "train")
-        return records, _synthetic_stats(records, min_ops=s.min_ops, max_ops=s.max_ops, seed=s.seed)
+        records = make_split(s.n_train, s.min_ops, s.max_ops, s.operand_max, s.seed, "train", task=s.task)
+        return records, _synthetic_stats(records, task=s.task, min_ops=s.min_ops, max_ops=s.max_ops, seed=s.seed)
     if t.source == "hf":
         return _load_hf(cfg, t, limit=t.limit, name="train", key="data.train")
     return _load_file(cfg, path=t.path, prompt_field=t.prompt_field, answer_field=t.answer_field,
@@ -71,7 +71,7 @@ def build_benchmark(cfg: DataConfig, name: str, bench: BenchmarkConfig,
             raise ValueError(f"data.benchmarks.{name}.n: a synthetic benchmark needs n >= 1, got {bench.n}")
         try:
             records = make_split(bench.n, bench.ops, bench.ops, cfg.synthetic.operand_max,
-                                 bench.seed, name, exclude=exclude)
+                                 bench.seed, name, exclude=exclude, task=cfg.synthetic.task)
         except ValueError as e:
             raise ValueError(f"data.benchmarks.{name}: {e}") from None
         return records, _synthetic_stats(records, ops=bench.ops, seed=bench.seed)

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import shutil
 import time
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_POSITIONS = 256            # context of the toy models (prompt + response)
 WARMUP_FRACTION = 0.1          # one-cycle: share of the steps spent raising the learning rate
-EVAL_OPS = (1, 2, 3)           # held-out difficulty levels (the synthetic benchmarks' ops)
+EVAL_OPS = (1, 2, 3)           # held-out difficulty levels (plus any op count seen in training)
 VLLM_HEAD_SIZES = {32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512}
 _EXPR = re.compile(r"\d+(?:[+-]\d+)+")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -72,11 +73,13 @@ def encode_examples(tok, records: list[dict]) -> tuple[torch.Tensor, torch.Tenso
     """(input_ids, labels, lengths): chat prompt + solution + EOS, right-padded.
 
     ``labels`` is -100 on the prompt and on padding, so only the response is learnt.
+    A record marked ``loop`` (see ``with_loops``) gets no EOS.
     """
     prompts = encode_prompts(tok, [r["prompt"] for r in records])
     seqs, n_prompt = [], []
     for rec, p in zip(records, prompts):
-        resp = tok.encode(rec["solution"], add_special_tokens=False) + [tok.eos_token_id]
+        resp = tok.encode(rec["solution"], add_special_tokens=False)
+        resp += [] if rec.get("loop") else [tok.eos_token_id]     # a looping trace never ends
         if len(p) + len(resp) > MAX_POSITIONS:
             raise ValueError(f"training record {rec.get('id', '?')!r} is {len(p) + len(resp)} tokens long; "
                              f"the toy models hold {MAX_POSITIONS}")
@@ -91,6 +94,33 @@ def encode_examples(tok, records: list[dict]) -> tuple[torch.Tensor, torch.Tenso
     return ids, labels, torch.tensor([len(s) for s in seqs])
 
 
+def looping_solution(solution: str, rng: random.Random, length: int) -> str:
+    """A degenerate trace: ``solution`` cut after a random step, then that step repeated
+    (space-separated) to ``length`` characters; no ``\\boxed{}`` answer.
+
+    Trained on without EOS (see ``encode_examples``), it gives a warm-started student a
+    share of rollouts that loop to the length limit -- the long tail of the papers'
+    reasoning traces -- while the teacher, trained on clean solutions only, has never seen one.
+    """
+    steps = solution.rsplit(" \\boxed{", 1)[0].split(". ")
+    cut = rng.randrange(len(steps))
+    head = ". ".join(steps[:cut + 1]).rstrip(".") + "."
+    step = steps[cut].rstrip(".") + "."
+    out = head
+    while len(out) < length:
+        out += " " + step
+    return out[:length]
+
+
+def with_loops(records: list[dict], fraction: float, length: int, seed: int) -> list[dict]:
+    """``records`` with a ``fraction`` of solutions replaced by looping traces (``loop: True``)."""
+    if fraction <= 0:
+        return records
+    rng = random.Random(seed)
+    return [{**r, "solution": looping_solution(r["solution"], rng, length), "loop": True}
+            if rng.random() < fraction else r for r in records]
+
+
 def training_expressions(records: list[dict]) -> list[str]:
     """The ``a+b-c`` expression of every training prompt that holds one."""
     found = (_EXPR.search(r["prompt"]) for r in records if isinstance(r["prompt"], str))
@@ -98,8 +128,9 @@ def training_expressions(records: list[dict]) -> list[str]:
 
 
 def heldout_problems(records: list[dict], n: int, seed: int) -> dict[int, list[dict]]:
-    """``n`` unseen problems per difficulty in ``EVAL_OPS``, drawn like the training ones.
+    """``n`` unseen problems per difficulty, drawn like the training ones (same ``task`` format).
 
+    The difficulties are ``EVAL_OPS`` and every operation count of the training records.
     The operand range is read off the training expressions and the prompt wording is copied
     from the first record (the expression replaced).  Empty when the prompts hold no
     ``a+b-c`` expression (then no accuracy is measured); a difficulty whose problems are
@@ -112,10 +143,13 @@ def heldout_problems(records: list[dict], n: int, seed: int) -> dict[int, list[d
         return {}
     operand_max = max(2, max(int(x) for e in exprs for x in re.findall(r"\d+", e)))
     head, tail = first[:match.start()], first[match.end():]
+    task = records[0].get("task", "arith")
+    levels = sorted(set(EVAL_OPS) | {r["ops"] for r in records if isinstance(r.get("ops"), int)})
     out = {}
-    for ops in EVAL_OPS:
+    for ops in levels:
         try:
-            probs = make_split(n, ops, ops, operand_max, seed + ops, f"heldout{ops}", exclude=set(exprs))
+            probs = make_split(n, ops, ops, operand_max, seed + ops, f"heldout{ops}", exclude=set(exprs),
+                               task=task)
         except ValueError as e:
             log.warning("no held-out accuracy for %d-operation problems: %s", ops, e)
             continue
@@ -327,7 +361,10 @@ def build_toy_models(cfg: ToyModelsConfig, train_jsonl: Path, out_dir: Path, *,
         model = make_model(mcfg, tok, name)
         log.info("%s: %d parameters, %d steps of batch %d", name, n_params(model), mcfg.train_steps,
                  mcfg.batch_size)
-        stats = train_model(model, data, mcfg, name)
+        role_data = data
+        if mcfg.loop_fraction > 0:
+            role_data = encode_examples(tok, with_loops(records, mcfg.loop_fraction, mcfg.loop_len, mcfg.seed))
+        stats = train_model(model, role_data, mcfg, name)
         stats["params"] = n_params(model)
         stats["accuracy"] = greedy_accuracy(model, tok, problems, max_resp + 16)
         log.info("%s: final loss %.4f, greedy accuracy %s", name, stats["final_loss"] or math.nan,

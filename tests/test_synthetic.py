@@ -1,0 +1,88 @@
+"""The synthetic tasks (arith, long): deterministic, correct answers, well-formed solutions."""
+import random
+import re
+
+import pytest
+
+from pgopd.config import DataConfig, parse_dataclass
+from pgopd.data.prepare import prepare_data
+from pgopd.data.loaders import read_jsonl
+from pgopd.data.synthetic import make_problem, make_split, worked_solution
+
+EXPR = re.compile(r"-?\d+(?:[+-]\d+)+")
+
+
+def _replay_long(solution: str, prompt: str) -> None:
+    """Check a long-task solution step by step: each step applies the next operation of what
+    is left and rewrites the rest; the boxed value is the final result."""
+    body, boxed = solution.rsplit(" \\boxed{", 1)
+    steps = re.split(r"(?<=\.) ", body)
+    left = prompt
+    for i, step in enumerate(steps):
+        m = re.fullmatch(r"(-?\d+)([+-])(\d+)=(-?\d+)(?:; (-?\d+(?:[+-]\d+)+))?\.", step)
+        assert m, (step, solution)
+        a, op, b, new, rest = m.groups()
+        assert left.startswith(f"{a}{op}{b}"), (left, step)
+        assert int(new) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+        tail = left[len(f"{a}{op}{b}"):]
+        if tail:
+            assert rest == f"{new}{tail}", (rest, new, tail)  # the rest, rewritten exactly
+            left = rest
+        else:
+            assert rest is None and i == len(steps) - 1
+            assert boxed == f"{new}}}"
+
+
+@pytest.mark.parametrize("task", ["arith", "long"])
+def test_split_is_deterministic_distinct_and_correct(task):
+    a = make_split(300, 1, 5, 30, 7, "t", task=task)
+    assert a == make_split(300, 1, 5, 30, 7, "t", task=task)
+    assert a != make_split(300, 1, 5, 30, 8, "t", task=task)
+    assert len({r["prompt"] for r in a}) == 300
+    for r in a:
+        assert r["task"] == task and 1 <= r["ops"] <= 5
+        assert len(re.findall(r"[+-]", r["prompt"])) == r["ops"]
+        assert int(r["answer"]) == eval(r["prompt"])  # noqa: S307 - digits and +/- only
+        assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}")
+        assert r["solution"].count("=") == r["ops"]
+        if task == "long":
+            _replay_long(r["solution"], r["prompt"])
+
+
+def test_same_prompts_for_both_tasks_and_long_is_longer():
+    arith, long_ = (make_split(200, 2, 5, 30, 3, "t", task=t) for t in ("arith", "long"))
+    assert [r["prompt"] for r in arith] == [r["prompt"] for r in long_]
+    for a, b in zip(arith, long_):
+        assert a["answer"] == b["answer"]
+        assert len(b["solution"]) > len(a["solution"])   # >= 2 ops: something is rewritten
+
+
+def test_worked_solution_by_hand():
+    assert worked_solution([17, 38, 9], ["+", "-"], "arith") == ("17+38=55. 55-9=46. \\boxed{46}", 46)
+    assert worked_solution([17, 38, 9, 4], ["+", "-", "+"], "long") == (
+        "17+38=55; 55-9+4. 55-9=46; 46+4. 46+4=50. \\boxed{50}", 50)
+    assert worked_solution([3, 5], ["-"], "long") == ("3-5=-2. \\boxed{-2}", -2)   # one op: same as arith
+
+
+def test_bad_arguments_are_named():
+    rng = random.Random(0)
+    with pytest.raises(ValueError, match="task"):
+        make_problem(rng, 2, 30, "essay")
+    with pytest.raises(ValueError, match="n_ops"):
+        make_problem(rng, 0, 30, "long")
+    with pytest.raises(ValueError, match="operations"):
+        worked_solution([1, 2], ["*"], "long")
+    with pytest.raises(ValueError, match="one more operand"):
+        worked_solution([1, 2], ["+", "+"], "arith")
+
+
+def test_prepare_data_long_task(tmp_path):
+    cfg = parse_dataclass(DataConfig, {
+        "synthetic": {"task": "long", "n_train": 60, "min_ops": 2, "max_ops": 4, "seed": 1},
+        "benchmarks": {"b": {"ops": 3, "n": 20, "seed": 2}}}, "data")
+    stats = prepare_data(cfg, tmp_path)
+    assert stats["train"]["task"] == "long"
+    for path in (tmp_path / "train.jsonl", tmp_path / "bench/b.jsonl"):
+        for r in read_jsonl(path):
+            assert r["task"] == "long"
+            _replay_long(r["solution"], r["prompt"])
