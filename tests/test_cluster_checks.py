@@ -82,7 +82,7 @@ MUTATED = {
     "hf benchmark without a name": ({"data": {"benchmarks": {"hmmt": {"source": "hf"}}}},
                                     "data.benchmarks.hmmt.hf_name", False),
     "controls reference not trained": ({"train": {"methods": ["opd"], "controls": {"enabled": True}}},
-                                       "train.controls.reference", False),
+                                       "train.controls.references", False),
     "slurm profile left at CHANGE_ME": (PAPER, "default-resources: slurm_account", "placeholder"),
     "profile gres next to resources.train.gpu": (PAPER, "set-resources: train: gres", "gres"),
 }
@@ -315,7 +315,7 @@ def test_jobstep_plugin_is_pinned_to_the_tested_version():
 
 def test_no_reference_to_a_missing_file():
     for f in ("config/paper.yaml", "slurm/config.yaml", "README.md", "config/config.yaml"):
-        for ref in re.findall(r"\b((?:docs|config|slurm|scripts)/[\w./-]+\.(?:md|yaml|sh))", (ROOT / f).read_text()):
+        for ref in re.findall(r"(?<![:\w/])((?:docs|config|slurm|scripts)/[\w./-]+\.(?:md|yaml|sh))", (ROOT / f).read_text()):
             assert (ROOT / ref).exists(), (f, ref)
 
 

@@ -100,10 +100,11 @@ def test_paper_config_marks_open_hyperparameters_as_our_choice():
     for block, key in [("^train:", "n_samples"), ("^train:", "max_new_tokens"), ("^train:", "lr"),
                        ("^train:", "backend"), ("^eval:", "k"), ("^eval:", "temperature")]:
         assert "[recipe]" in comment_for(block, key), (block, key)
-    # thunlp/OPD's script runs top-16 student-top-k with student-p weights and fp32 FSDP weights:
-    # a sampled-token loss or bf16 here is our choice, never tagged [recipe]
-    for block, key in [("^train:", "loss_top_k"), ("^train:", "bf16")]:
-        assert "[recipe]" not in comment_for(block, key) and "our choice" in comment_for(block, key)
+    # thunlp/OPD's script runs top-16 student-top-k with student-p weights (= loss: topk_recipe,
+    # LOG_PROB_TOP_K=16) and fp32 FSDP weights: bf16 here is our choice, never tagged [recipe]
+    for key in ("loss", "loss_top_k"):
+        assert "[recipe]" in comment_for("^train:", key), key
+    assert "[recipe]" not in comment_for("^train:", "bf16") and "our choice" in comment_for("^train:", "bf16")
     # every dataset has a commented local-file alternative
     text = PAPER.read_text()
     for name in BENCHES:

@@ -37,6 +37,23 @@ class Counting(nn.Module):
         self.calls.append(int(input_ids.numel()))
         return self.inner(input_ids=input_ids, **kw)
 
+    def get_decoder(self):
+        """The base model (the teacher scores from hidden states), counted into the same list."""
+        return _CountingDecoder(self.inner.get_decoder(), self.calls)
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+
+class _CountingDecoder(nn.Module):
+    def __init__(self, decoder, calls: list):
+        super().__init__()
+        self.inner, self.calls = decoder, calls
+
+    def forward(self, input_ids=None, **kw):
+        self.calls.append(int(input_ids.numel()))
+        return self.inner(input_ids=input_ids, **kw)
+
 
 @pytest.fixture(scope="module")
 def student():
@@ -110,7 +127,7 @@ class RePrefillScorer(TeacherScorer):
     @torch.no_grad()
     def score(self, tokens_BC, valid_BC, student_topk_ids_BCK=None):
         self.kv = KVBatch(self.model, self.hist, self.pad_id)
-        self.next_logits_BV = self.kv.prefill()
+        self.next_hidden_BH = self.kv.prefill(hidden=True)
         self.hist = [h + row for h, row in zip(self.hist, tokens_BC.tolist())]
         return super().score(tokens_BC, valid_BC, student_topk_ids_BCK)
 
