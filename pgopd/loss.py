@@ -28,6 +28,21 @@ def _masked_mean(x_BT: torch.Tensor, mask_BT: torch.Tensor, n: torch.Tensor) -> 
     return float((x_BT * mask_BT).sum() / n) if float(n) > 0 else 0.0
 
 
+def _valid_topk(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Tensor, valid_BT: torch.Tensor):
+    """(B, T, K) student log-probs and detached teacher log-probs, zero off-mask (padding may
+    hold -inf/NaN: select before any arithmetic so it never reaches forward or backward)."""
+    valid_BT1 = valid_BT.unsqueeze(-1)
+    s_BTK = torch.where(valid_BT1, student_logp_BTK, torch.zeros_like(student_logp_BTK))
+    t_BTK = teacher_logp_BTK.detach().to(student_logp_BTK.dtype)
+    return s_BTK, torch.where(valid_BT1, t_BTK, torch.zeros_like(t_BTK))
+
+
+def _kl_stats(kl_mean: float, w: torch.Tensor, mask: torch.Tensor, n: torch.Tensor) -> dict:
+    """Stats of the top-k losses: no sampled reward there, so reward_mean = -kl."""
+    return {"reward_mean": -kl_mean, "kl": kl_mean, "n_tokens": int(round(float(n))),
+            "weight_mean": _masked_mean(w, mask, n)}
+
+
 def opd_pg_loss(logp_BT: torch.Tensor, teacher_logp_BT: torch.Tensor, mask_BT: torch.Tensor,
                 weight_BT: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Vanilla on-policy distillation as a policy-gradient loss on the sampled tokens.
@@ -97,22 +112,13 @@ def topk_renorm_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Ten
         ``n_tokens``, ``weight_mean``.
     """
     valid_BT, mask, w, n, denom = _prep(mask_BT, weight_BT, student_logp_BTK)
-    valid_BT1 = valid_BT.unsqueeze(-1)
-    s_BTK = torch.where(valid_BT1, student_logp_BTK, torch.zeros_like(student_logp_BTK))
-    t_BTK = teacher_logp_BTK.detach().to(student_logp_BTK.dtype)
-    t_BTK = torch.where(valid_BT1, t_BTK, torch.zeros_like(t_BTK))
+    s_BTK, t_BTK = _valid_topk(student_logp_BTK, teacher_logp_BTK, valid_BT)
     ls_BTK = torch.log_softmax(s_BTK, dim=-1)
     lt_BTK = torch.log_softmax(t_BTK, dim=-1)
     kl_BT = (ls_BTK.exp() * (ls_BTK - lt_BTK)).sum(dim=-1)
     loss = (w * kl_BT * mask).sum() / denom
     kl_mean = _masked_mean(kl_BT.detach(), mask, n)
-    stats = {
-        "reward_mean": -kl_mean,
-        "kl": kl_mean,
-        "n_tokens": int(round(float(n))),
-        "weight_mean": _masked_mean(w, mask, n),
-    }
-    return loss, stats
+    return loss, _kl_stats(kl_mean, w, mask, n)
 
 
 def topk_recipe_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Tensor,
@@ -141,22 +147,13 @@ def topk_recipe_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Ten
         the reverse KL, not renormalised), ``reward_mean`` (= -kl), ``n_tokens``, ``weight_mean``.
     """
     valid_BT, mask, w, n, denom = _prep(mask_BT, weight_BT, student_logp_BTK)
-    valid_BT1 = valid_BT.unsqueeze(-1)
-    s_BTK = torch.where(valid_BT1, student_logp_BTK, torch.zeros_like(student_logp_BTK))
-    t_BTK = teacher_logp_BTK.detach().to(student_logp_BTK.dtype)
-    t_BTK = torch.where(valid_BT1, t_BTK, torch.zeros_like(t_BTK))
+    s_BTK, t_BTK = _valid_topk(student_logp_BTK, teacher_logp_BTK, valid_BT)
     s_det = s_BTK.detach()
     adv_BTK = s_det.exp() * (t_BTK - s_det)
     per_pos_BT = -(adv_BTK * s_BTK).sum(dim=-1)
     loss = (w * per_pos_BT * mask).sum() / denom
     kl_mean = _masked_mean(-adv_BTK.sum(dim=-1), mask, n)
-    stats = {
-        "reward_mean": -kl_mean,
-        "kl": kl_mean,
-        "n_tokens": int(round(float(n))),
-        "weight_mean": _masked_mean(w, mask, n),
-    }
-    return loss, stats
+    return loss, _kl_stats(kl_mean, w, mask, n)
 
 
 LOSSES = ("sampled", "topk_renorm", "topk_recipe")
