@@ -60,7 +60,7 @@ def time_rollout(tok, student, teacher, prompts, method, chunk, cfg, repeats):
 
 
 def main() -> None:
-    from pgopd.config import ALL_METHODS, TrainConfig, parse_dataclass
+    from pgopd.config import TrainConfig, parse_dataclass
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, default=ROOT / "results/models/toy")

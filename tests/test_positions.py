@@ -18,7 +18,7 @@ from pgopd.rollout.kv import KVBatch
 from pgopd.rollout.loop import STOP_REASONS, rollout
 from pgopd.rollout.scorer import TeacherScorer
 
-from test_rollout import EOS, PAD, PROMPTS, tiny_model
+from test_rollout import EOS, PAD, PROMPTS, student, teacher  # noqa: F401 (module-scoped fixtures)
 
 
 class Counting(nn.Module):
@@ -53,16 +53,6 @@ class _CountingDecoder(nn.Module):
     def forward(self, input_ids=None, **kw):
         self.calls.append(int(input_ids.numel()))
         return self.inner(input_ids=input_ids, **kw)
-
-
-@pytest.fixture(scope="module")
-def student():
-    return tiny_model(0)
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    return tiny_model(1, layers=3)
 
 
 def _end_of(length: int, chunk_ends: list) -> int:

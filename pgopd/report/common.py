@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 import tempfile
@@ -55,18 +54,12 @@ def run_key(path: Path) -> tuple[str, str, int]:
 
 
 def read_jsonl(path: Path, fields=None) -> list[dict]:
-    """Records of a jsonl file (only ``fields`` when given); a bad line names file and line."""
-    out = []
-    with open(path) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i}: not json: {e}") from None
-            out.append(rec if fields is None else {k: rec.get(k) for k in fields})
-    return out
+    """Records of a jsonl file (only ``fields`` when given); a bad line names file and line
+    (``pgopd.data.loaders.read_jsonl``)."""
+    from ..data.loaders import read_jsonl as _read
+
+    recs = _read(path)
+    return recs if fields is None else [{k: r.get(k) for k in fields} for r in recs]
 
 
 def load_runs(paths, fields=None) -> dict[tuple[str, str, int], list[dict]]:
