@@ -150,6 +150,10 @@ class ToyModelConfig:
                                "repeated up to loop_len tokens, no EOS): a student that drifts into "
                                "non-terminating rollouts (issue 15); 0 = clean solutions only", min=0.0, max=1.0)
     loop_len: int = opt(160, "response length of a looping trace, in characters", min=8, max=240)
+    loop_phrase: str = opt("", "'' = a looping trace repeats a step; else this phrase is repeated after "
+                           "the clean steps (a rambling student)")
+    loop_max_start: int = opt(-1, "ramble only: clean steps before the phrase are drawn from 0..this "
+                              "(-1 = any)", min=-1)
 
 
 @dataclass

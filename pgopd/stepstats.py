@@ -16,10 +16,10 @@ import math
 
 #: local sums of one step, in the order they are all-reduced
 SUM_KEYS = ("gen", "scored", "trained", "cands", "decided", "continued", "kept", "n_overlap", "sum_overlap",
-            "pos_student", "pos_teacher", "prefill_student", "prefill_teacher", "cut", "cut_trained")
+            "pos_student", "pos_teacher", "prefill_student", "prefill_teacher", "cut", "cut_trained", "tail", "tail_tokens")
 #: totals kept over the run (RunState.totals) for the summary
 TOTAL_KEYS = ("gen", "scored", "trained", "cands", "decided", "continued", "pos_student", "pos_teacher",
-              "cut", "cut_trained")
+              "cut", "cut_trained", "tail", "tail_tokens")
 _UNCUT = ("eos", "length")
 
 
@@ -27,9 +27,15 @@ def _num(x) -> float:
     return float("nan") if x is None else float(x)
 
 
-def local_sums(res) -> list[float]:
-    """This process's sums for one step (a :class:`pgopd.rollout.loop.RolloutResult`), SUM_KEYS order."""
+def local_sums(res, tail: list[bool] | None = None) -> list[float]:
+    """This process's sums for one step (a :class:`pgopd.rollout.loop.RolloutResult`), SUM_KEYS order.
+
+    ``tail`` flags the candidates in the long tail (one per candidate, see
+    :func:`tail_flags`); None counts none."""
     cands = res.cands
+    tail = tail if tail is not None else [False] * len(cands)
+    if len(tail) != len(cands):
+        raise ValueError(f"tail has {len(tail)} flags for {len(cands)} candidates")
     decided = [c for c in cands if c.info.get("decision_step") is not None]  # live at the probe
     cut = [c for c in cands if c.info.get("stop_reason") not in _UNCUT]
     return [res.tokens_generated, res.tokens_teacher_scored, res.tokens_trained, len(cands), len(decided),
@@ -37,7 +43,18 @@ def local_sums(res) -> list[float]:
             sum(len(c.overlap) for c in cands), sum(sum(c.overlap) for c in cands),
             _num(res.positions_student), _num(res.positions_teacher),
             _num(res.prefill_positions_student), _num(res.prefill_positions_teacher),
-            len(cut), sum(res.train_len(c) for c in cut)]
+            len(cut), sum(res.train_len(c) for c in cut),
+            sum(tail), sum(c.length for c, t in zip(cands, tail) if t)]
+
+
+def tail_flags(cands, texts: list[str], max_new_tokens: int) -> list[bool]:
+    """Which candidates are in the long tail (issue 15): they ran to their own end (EOS or the
+    length limit, not a policy cut) and hit the limit or never wrote a ``\\boxed{}`` answer.
+    A candidate the policy cut is not counted: its rollout was not allowed to show either."""
+    from .tailstats import is_tail
+
+    return [c.info.get("stop_reason", "eos" if c.finished else "length") in _UNCUT
+            and is_tail(c.length, c.finished, t, max_new_tokens) for c, t in zip(cands, texts)]
 
 
 def _int_or_none(x: float):
@@ -59,6 +76,8 @@ def step_metrics(sums: list[float]) -> dict:
             "teacher_positions_per_trained": _ratio(pos_t, g["trained"]),
             "student_positions_per_generated": _ratio(pos_s, g["gen"]),
             "n_candidates": int(g["cands"]), "n_kept": int(g["kept"]), "n_cut": int(g["cut"]),
+            "n_tail": int(g["tail"]), "tokens_tail": int(g["tail_tokens"]),
+            "tail_token_share": g["tail_tokens"] / g["gen"] if g["gen"] else None,
             "mean_length": g["gen"] / max(g["cands"], 1),
             "overlap_mean": g["sum_overlap"] / g["n_overlap"] if g["n_overlap"] else None,
             "continue_rate": g["continued"] / g["decided"] if g["decided"] else None}
@@ -87,7 +106,8 @@ def summary_fields(t: dict) -> dict:
             "n_candidates": t["cands"], "mean_generated_tokens": t["gen"] / n,
             "mean_kept_tokens": t["trained"] / n, "cut_rate": cut / n,
             "mean_cut_len": (t.get("cut_trained") or 0) / cut if cut else None,
-            "continue_rate": t["continued"] / t["decided"] if t["decided"] else None}
+            "continue_rate": t["continued"] / t["decided"] if t["decided"] else None,
+            "tail_token_share": (t.get("tail_tokens") or 0) / t["gen"] if t["gen"] else None}
 
 
 #: most windows logged per candidate (longer responses use wider windows)

@@ -355,7 +355,10 @@ def _update_step(run: _Run, res: RolloutResult, state: RunState, step: int) -> d
 def _log_step(run: _Run, state: RunState, step: int, res: RolloutResult, m: dict, idx: list[int]) -> None:
     """Totals, the step's metrics line, candidate records and tensorboard scalars (rank 0 writes)."""
     cfg, dist = run.cfg, run.dist
-    sums = dist.sum(*stepstats.local_sums(res))  # counts and positions of every process
+    from .models.loading import response_text
+
+    tail = stepstats.tail_flags(res.cands, [response_text(run.tok, c.tokens) for c in res.cands], cfg.max_new_tokens)
+    sums = dist.sum(*stepstats.local_sums(res, tail))  # counts and positions of every process
     stepstats.add_totals(state.totals, sums)
     m.update(stepstats.step_metrics(sums))
     m.update({"t_rollout_s": res.t_rollout_s, "t_teacher_s": res.t_teacher_s, "bad_steps": state.bad_steps})

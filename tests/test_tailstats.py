@@ -38,3 +38,27 @@ def test_tail_stats_hand_computed():
     assert s["overlap_by_window"]["tail"]["0-8"] == 1.0 and s["overlap_by_window"]["tail"]["8-16"] == 0.25
     with pytest.raises(ValueError, match="at least one"):
         tail_stats([], 30)
+
+
+def test_tail_flags_and_step_metrics_count_tail_tokens():
+    from types import SimpleNamespace
+
+    from pgopd import stepstats
+
+    def cand(length, finished, reason):
+        return SimpleNamespace(length=length, finished=finished, info={"stop_reason": reason})
+
+    cands = [cand(20, True, "eos"), cand(64, False, "length"), cand(12, True, "eos"), cand(16, False, "prefix")]
+    texts = ["1+2=3. \\boxed{3}", "wait wait wait", "1+2=3.", "wait, let"]
+    flags = stepstats.tail_flags(cands, texts, 64)
+    assert flags == [False, True, True, False]            # a policy cut is not counted as tail
+    res = SimpleNamespace(cands=cands, tokens_generated=112, tokens_teacher_scored=112, tokens_trained=112,
+                          positions_student=None, positions_teacher=None, prefill_positions_student=None,
+                          prefill_positions_teacher=None, train_len=lambda c: c.length)
+    for c in cands:
+        c.keep, c.overlap = True, []
+    m = stepstats.step_metrics(stepstats.local_sums(res, flags))
+    assert (m["n_tail"], m["tokens_tail"]) == (2, 76)
+    assert m["tail_token_share"] == pytest.approx(76 / 112)
+    with pytest.raises(ValueError, match="flags"):
+        stepstats.local_sums(res, [True])

@@ -52,3 +52,35 @@ def test_loop_fraction_is_a_checked_option():
     assert cfg.student.loop_fraction == 0.3 and cfg.teacher.loop_fraction == 0.0
     with pytest.raises(ConfigError, match="loop_fraction"):
         parse_dataclass(ToyModelsConfig, {"student": {"loop_fraction": 1.5}}, "toy_models")
+
+
+ARITH = "17+38=55. 55-9=46. 46+4=50. \\boxed{50}"
+PHRASE = "wait, let me check again."
+
+
+def test_ramble_keeps_at_most_max_start_clean_steps_then_repeats_the_phrase():
+    seen = set()
+    for seed in range(40):
+        out = toy.looping_solution(ARITH, random.Random(seed), 96, phrase=PHRASE, max_start=1)
+        assert len(out) == 96 and "boxed" not in out
+        if out.startswith(PHRASE):
+            n_clean, rest = 0, out
+        else:
+            assert out.startswith("17+38=55. ")
+            n_clean, rest = 1, out[len("17+38=55. "):]
+        seen.add(n_clean)
+        assert rest == ((PHRASE + " ") * 10)[:len(rest)]      # nothing but the phrase after the clean steps
+    assert seen == {0, 1}
+
+
+def test_ramble_with_any_start_can_keep_every_step():
+    starts = {toy.looping_solution(ARITH, random.Random(s), 120, phrase=PHRASE).index(PHRASE) for s in range(60)}
+    assert starts == {0, len("17+38=55. "), len("17+38=55. 55-9=46. "), len("17+38=55. 55-9=46. 46+4=50. ")}
+
+
+def test_ramble_options_are_checked():
+    from pgopd.config import ConfigError, ToyModelsConfig, parse_dataclass
+    cfg = parse_dataclass(ToyModelsConfig, {"student": {"loop_phrase": "hm.", "loop_max_start": 2}}, "toy_models")
+    assert (cfg.student.loop_phrase, cfg.student.loop_max_start) == ("hm.", 2)
+    with pytest.raises(ConfigError, match="loop_max_start"):
+        parse_dataclass(ToyModelsConfig, {"student": {"loop_max_start": -2}}, "toy_models")

@@ -94,15 +94,28 @@ def encode_examples(tok, records: list[dict]) -> tuple[torch.Tensor, torch.Tenso
     return ids, labels, torch.tensor([len(s) for s in seqs])
 
 
-def looping_solution(solution: str, rng: random.Random, length: int) -> str:
-    """A degenerate trace: ``solution`` cut after a random step, then that step repeated
-    (space-separated) to ``length`` characters; no ``\\boxed{}`` answer.
+def looping_solution(solution: str, rng: random.Random, length: int, phrase: str = "",
+                     max_start: int = -1) -> str:
+    """A degenerate trace of ``length`` characters with no ``\\boxed{}`` answer.
+
+    ``phrase == ""`` (repeat): ``solution`` cut after a random step, then that step repeated
+    (space-separated).  ``phrase`` given (ramble): the first ``j`` clean steps, ``j`` drawn
+    from ``0..max_start`` (``-1`` = any step), then ``phrase`` repeated -- a student that
+    loses the thread and rambles ("wait, let me check again. ...") instead of computing.
 
     Trained on without EOS (see ``encode_examples``), it gives a warm-started student a
-    share of rollouts that loop to the length limit -- the long tail of the papers'
-    reasoning traces -- while the teacher, trained on clean solutions only, has never seen one.
+    share of rollouts that run to the length limit -- the long tail of the papers'
+    reasoning traces -- while the teacher, trained on clean solutions only, has never seen
+    one: a rambling prefix puts the teacher off its distribution (low top-k overlap).
     """
     steps = solution.rsplit(" \\boxed{", 1)[0].split(". ")
+    if phrase:
+        last = len(steps) if max_start < 0 else min(len(steps), max_start)
+        n_clean = rng.randrange(last + 1)
+        out = " ".join(s.rstrip(".") + "." for s in steps[:n_clean])
+        while len(out) < length:
+            out += (" " if out else "") + phrase
+        return out[:length]
     cut = rng.randrange(len(steps))
     head = ". ".join(steps[:cut + 1]).rstrip(".") + "."
     step = steps[cut].rstrip(".") + "."
@@ -112,12 +125,13 @@ def looping_solution(solution: str, rng: random.Random, length: int) -> str:
     return out[:length]
 
 
-def with_loops(records: list[dict], fraction: float, length: int, seed: int) -> list[dict]:
+def with_loops(records: list[dict], fraction: float, length: int, seed: int, phrase: str = "",
+               max_start: int = -1) -> list[dict]:
     """``records`` with a ``fraction`` of solutions replaced by looping traces (``loop: True``)."""
     if fraction <= 0:
         return records
     rng = random.Random(seed)
-    return [{**r, "solution": looping_solution(r["solution"], rng, length), "loop": True}
+    return [{**r, "solution": looping_solution(r["solution"], rng, length, phrase, max_start), "loop": True}
             if rng.random() < fraction else r for r in records]
 
 
@@ -363,7 +377,8 @@ def build_toy_models(cfg: ToyModelsConfig, train_jsonl: Path, out_dir: Path, *,
                  mcfg.batch_size)
         role_data = data
         if mcfg.loop_fraction > 0:
-            role_data = encode_examples(tok, with_loops(records, mcfg.loop_fraction, mcfg.loop_len, mcfg.seed))
+            role_data = encode_examples(tok, with_loops(records, mcfg.loop_fraction, mcfg.loop_len, mcfg.seed,
+                                                          mcfg.loop_phrase, mcfg.loop_max_start))
         stats = train_model(model, role_data, mcfg, name)
         stats["params"] = n_params(model)
         stats["accuracy"] = greedy_accuracy(model, tok, problems, max_resp + 16)

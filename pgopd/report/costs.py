@@ -5,7 +5,10 @@
   tokens past a cut included) next to ``tokens_generated`` / ``tokens_trained``;
   ``teacher_per_trained`` = teacher positions / trained tokens and
   ``student_per_generated`` = student positions / generated tokens (physical limit 1.00:
-  every position above it is padding or re-run).
+  every position above it is padding or re-run); ``tail_share_first10`` / ``tail_share`` =
+  share of the generated tokens in rollouts that ran to the length limit or ended without a
+  ``\\boxed{}`` answer (metrics.jsonl ``tokens_tail``), over the first 10 steps / the run:
+  the long tail PG-OPD and Prune-OPD exist to cut (issue 15).
 * ``stop_reasons.csv``: candidates.jsonl ``stop_reason`` summed per method (``eos``,
   ``length``, ``prefix`` PG-OPD stop, ``drift`` / ``window`` Prune-OPD cuts, ``fixed`` /
   ``random`` control cuts): count, share, mean generated and trained length, tokens
@@ -26,7 +29,9 @@ from .common import label, method_rank, reference_of
 REASONS = ("eos", "length", "prefix", "random", "fixed", "drift", "window", "policy")
 _UNCUT = ("eos", "length")
 COST_COLUMNS = ("pair", "method", "n_steps", "tokens_generated", "tokens_trained", "positions_student",
-                "positions_teacher", "student_per_generated", "teacher_per_trained")
+                "positions_teacher", "student_per_generated", "teacher_per_trained", "tail_share_first10", "tail_share")
+#: steps over which the start-of-training tail share is taken
+FIRST_STEPS = 10
 STOP_COLUMNS = ("pair", "method", "stop_reason", "n", "share", "mean_length", "mean_trained",
                 "generated_not_trained", "not_generated_ub")
 CONTROL_COLUMNS = ("pair", "reference", "method", "avg", "avg_diff_vs_opd", "avg_diff_ci_low", "avg_diff_ci_high",
@@ -48,19 +53,27 @@ def cost_rows(metrics: dict) -> list[dict]:
     did not count positions (vLLM)."""
     acc = defaultdict(lambda: {"n_steps": 0, "tokens_generated": 0, "tokens_trained": 0,
                                "positions_student": 0, "positions_teacher": 0})
+    tail = defaultdict(lambda: [0, 0, 0, 0])  # tail / generated tokens: first steps, whole run
     for (pair, method, _s), recs in metrics.items():
-        a = acc[(pair, method)]
-        for r in recs:
+        a, t = acc[(pair, method)], tail[(pair, method)]
+        for i, r in enumerate(sorted(recs, key=lambda r: r.get("step", 0))):
             a["n_steps"] += 1
+            if r.get("tokens_tail") is not None:  # runs from before issue 15 did not count it
+                first = i < FIRST_STEPS
+                t[0] += r["tokens_tail"] * first
+                t[1] += r["tokens_generated"] * first
+                t[2] += r["tokens_tail"]
+                t[3] += r["tokens_generated"]
             for k in ("tokens_generated", "tokens_trained", "positions_student", "positions_teacher"):
                 v = r.get(k)
                 a[k] = None if v is None or a[k] is None else a[k] + v
     out = []
     for key in _sorted_keys(acc):
-        a = acc[key]
+        a, t = acc[key], tail[key]
         out.append({"pair": key[0], "method": key[1], **a,
                     "student_per_generated": _ratio(a["positions_student"], a["tokens_generated"]),
-                    "teacher_per_trained": _ratio(a["positions_teacher"], a["tokens_trained"])})
+                    "teacher_per_trained": _ratio(a["positions_teacher"], a["tokens_trained"]),
+                    "tail_share_first10": _ratio(t[0], t[1]), "tail_share": _ratio(t[2], t[3])})
     return out
 
 
@@ -130,12 +143,15 @@ def render_markdown(costs: list, stops: list, controls: list) -> str:
              "Positions each model's forward ran after the prompt prefill (padding after EOS and tokens past a "
              "cut included), summed over steps and seeds. Student positions / generated tokens and teacher "
              "positions / trained tokens: 1.00 is the physical limit; above it is padding, tokens past a cut, "
-             "or re-run prefixes.", ""]
+             "or re-run prefixes. Tail: share of the generated tokens in rollouts that ran to the length limit or "
+             f"ended without a boxed answer (policy cuts not counted), over the first {FIRST_STEPS} steps and the run.",
+             ""]
     lines += _md(["Method", "Steps", "Generated", "Trained", "Student pos.", "Teacher pos.", "Student pos. / gen.",
-                  "Teacher pos. / trained"],
+                  "Teacher pos. / trained", f"Tail, steps 1-{FIRST_STEPS}", "Tail, run"],
                  [[f"{r['pair']}: {label(r['method'])}", r["n_steps"], r["tokens_generated"], r["tokens_trained"],
                    _n(r["positions_student"], "d"), _n(r["positions_teacher"], "d"),
-                   _n(r["student_per_generated"], ".3f"), _n(r["teacher_per_trained"], ".3f")] for r in costs])
+                   _n(r["student_per_generated"], ".3f"), _n(r["teacher_per_trained"], ".3f"),
+                   _n(_pct(r["tail_share_first10"]), ".1f"), _n(_pct(r["tail_share"]), ".1f")] for r in costs])
     lines += ["", "## Why rollouts stopped (candidates.jsonl stop_reason)", "",
               "eos: ended by itself; length: reached max_new_tokens; prefix: PG-OPD stop at the prefix; drift / "
               "window: Prune-OPD drift truncation / window end; fixed / random: the controls' cuts. Not generated "
