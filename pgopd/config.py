@@ -160,8 +160,11 @@ class ToyModelConfig:
 class ToyModelsConfig:
     teacher: ToyModelConfig = sub(ToyModelConfig, "toy teacher")
     student: ToyModelConfig = opt(ToyModelConfig(n_layers=2, d_model=64, n_heads=2, train_steps=1000,
-                                                 batch_size=64, lr=3e-3, final_lr_fraction=0.33, seed=1),
-                                  "toy student (smaller, shorter warm start: clearly weaker)")
+                                                 batch_size=64, lr=3e-3, final_lr_fraction=0.33, seed=1,
+                                                 loop_fraction=0.3, loop_len=192,
+                                                 loop_phrase="wait, let me check again.", loop_max_start=1),
+                                  "toy student (smaller, shorter warm start, 30% of it rambling: clearly "
+                                  "weaker, with a long tail of rollouts that never box an answer)")
 
 
 @dataclass
@@ -189,9 +192,9 @@ class TeacherCacheConfig:
 @dataclass
 class PGOPDConfig:
     """PG-OPD (prefix-guided): decode all to prefix_len, continue only high-overlap ones."""
-    prefix_len: int = opt(12, "tokens every candidate decodes before the probe decision", min=1)
+    prefix_len: int = opt(16, "tokens every candidate decodes before the probe decision", min=1)
     probe_start: int = opt(0, "first response position of the probe window", min=0)
-    probe_end: int = opt(12, "end (exclusive) of the probe window, <= prefix_len", min=1)
+    probe_end: int = opt(16, "end (exclusive) of the probe window, <= prefix_len", min=1)
     threshold: Optional[float] = opt(None, "continue if probe overlap >= threshold (null: use top_fraction)",
                                      min=0.0, max=1.0)
     top_fraction: float = opt(0.5, "fraction of each prompt's group that continues", min=0.0, max=1.0)
@@ -203,12 +206,12 @@ class PGOPDConfig:
 class PruneOPDConfig:
     """Prune-OPD: monitor sliding-window overlap, down-weight after drift, truncate severe drift."""
     window: int = opt(8, "sliding window (tokens) of the overlap monitor", min=1)
-    drift_threshold: float = opt(0.5, "window overlap below this is a drift event", min=0.0, max=1.0)
+    drift_threshold: float = opt(0.35, "window overlap below this is a drift event", min=0.0, max=1.0)
     decay: float = opt(0.5, "weight multiplier per drift event", min=0.0, max=1.0)
-    truncate_threshold: float = opt(0.25, "window overlap below this truncates the rollout", min=0.0, max=1.0)
+    truncate_threshold: float = opt(0.2, "window overlap below this truncates the rollout", min=0.0, max=1.0)
     min_weight: float = opt(0.1, "weight below this truncates the rollout", min=0.0, max=1.0)
     initial_window: int = opt(24, "initial training window (tokens)", min=1)
-    expand_threshold: float = opt(0.7, "window expands while mean overlap stays above this", min=0.0, max=1.0)
+    expand_threshold: float = opt(0.45, "window expands while mean overlap stays above this", min=0.0, max=1.0)
     expand_by: int = opt(16, "tokens added to the window per expansion", min=1)
 
 
@@ -248,11 +251,11 @@ class TrainConfig:
     steps: int = opt(80, "optimizer steps", min=1)
     prompts_per_step: int = opt(16, "prompts per step", min=1)
     n_samples: int = opt(4, "student responses per prompt", min=1)
-    max_new_tokens: int = opt(48, "rollout length limit", min=1)
+    max_new_tokens: int = opt(192, "rollout length limit", min=1)
     chunk_size: int = opt(8, "tokens generated between teacher scoring / policy decisions", min=1)
     temperature: float = opt(1.0, "rollout sampling temperature", min=0.0)
     top_p: float = opt(1.0, "rollout nucleus mass", min=0.0, max=1.0)
-    overlap_k: int = opt(8, "k of the top-k overlap", min=1)
+    overlap_k: int = opt(2, "k of the top-k overlap (the toy's 2 of 102 tokens; paper.yaml: 16 of 151k)", min=1)
     loss: str = opt("topk_renorm", "OPD loss. sampled: REINFORCE on the sampled token with reward "
                     "log p_T - log p_S; topk_renorm: reverse KL with both distributions renormalised "
                     "over the student's top-k (no gradient on logits outside it); topk_recipe: the "
@@ -261,7 +264,7 @@ class TrainConfig:
                     choices=("sampled", "topk_renorm", "topk_recipe"))
     loss_top_k: int = opt(8, "k of the top-k losses (topk_renorm / topk_recipe); unused by loss: sampled",
                           min=1)
-    lr: float = opt(1e-4, "learning rate (constant after warmup)", min=0.0)
+    lr: float = opt(3e-5, "learning rate (constant after warmup)", min=0.0)
     warmup_steps: int = opt(0, "linear warmup steps", min=0)
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
     grad_clip: float = opt(1.0, "gradient norm clip (0 = off)", min=0.0)
