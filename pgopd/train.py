@@ -109,7 +109,9 @@ def sft_loss(model, prompts: list[list[int]], responses: list[list[int]], pad_id
 def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list[str], tokenizer,
                    cid_offset: int = 0, group_offset: int = 0, extras=None) -> list[dict]:
     """Per-candidate record: decisions, lengths, weights, teacher reward on prefix / suffix,
-    final correctness where the response finished (feeds the falsification analysis)."""
+    final correctness where the rollout ran to its own end (feeds the falsification analysis):
+    EOS, or the length limit -- graded as the evaluation grades a truncated response (no answer
+    within the budget is wrong); a candidate the policy cut gets None."""
     from .grading import grade
     from .models.loading import response_text
 
@@ -125,7 +127,8 @@ def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list
                "overlap_mean": sum(c.overlap) / len(c.overlap) if c.overlap else None,
                "weight_min": min(c.weights) if c.weights else None,
                "weight_mean": sum(c.weights) / len(c.weights) if c.weights else None,
-               "correct": grade(response_text(tokenizer, c.tokens), answers[c.group]) if c.finished else None,
+               "correct": (grade(response_text(tokenizer, c.tokens), answers[c.group])
+                           if c.finished or c.info.get("stop_reason") == "length" else None),
                **(extras(c) if extras else {}), **c.info}
         out.append(rec)
     return out
@@ -359,6 +362,8 @@ def _log_step(run: _Run, state: RunState, step: int, res: RolloutResult, m: dict
 
     tail = stepstats.tail_flags(res.cands, [response_text(run.tok, c.tokens) for c in res.cands], cfg.max_new_tokens)
     sums = dist.sum(*stepstats.local_sums(res, tail))  # counts and positions of every process
+    for c, t in zip(res.cands, tail):
+        c.info["tail"] = t  # logged per candidate: the report's tail histograms
     stepstats.add_totals(state.totals, sums)
     m.update(stepstats.step_metrics(sums))
     m.update({"t_rollout_s": res.t_rollout_s, "t_teacher_s": res.t_teacher_s, "bad_steps": state.bad_steps})

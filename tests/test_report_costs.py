@@ -151,7 +151,7 @@ def test_falsification_on_opd_runs_gives_a_correctness_verdict(tmp_path, related
     assert "not used for the verdict" in F.sentence(e["results"]["reward_suffix"])
     if related:  # the relation holds within prompts too: no caveat
         assert "Within the same prompt" not in F.sentence(e["results"]["correct"])
-    assert f"**Verdict (final correctness (finished candidates) vs probe overlap): {verdict.replace('_', ' ')}**" \
+    assert f"**Verdict (final correctness (candidates that ended by EOS or at the length limit) vs probe overlap): {verdict.replace('_', ' ')}**" \
         in F.render_markdown(fals)
 
 
@@ -172,3 +172,27 @@ def test_a_between_prompt_relation_is_flagged_when_absent_within_prompts(tmp_pat
     res = F.analyse(F.load_candidates([path]), n_boot=300)["pairs"]["p"]["results"]["correct"]
     assert res["verdict"] == "supported" and res["kms_ci_low"] < 0 < res["kms_ci_high"]
     assert "Within the same prompt the difference is not significant" in F.sentence(res)
+
+
+def test_tail_histograms_of_opd_first_steps_hand_counted():
+    from pgopd.report import tail as TL
+
+    def rec(step, length, tail, wins):
+        return {"step": step, "length": length, "tail": tail, "win_overlap": wins}
+
+    cands = {("p", "opd", 0): [rec(0, 10, False, [0.9, 0.6]), rec(1, 64, True, [0.1, 0.0, 0.05]),
+                               rec(2, 30, False, [0.7]), rec(10, 64, True, [0.0])],      # step 10: not counted
+             ("p", "pgopd", 0): [rec(0, 64, True, [0.0])]}                              # not OPD
+    rows = TL.tail_rows(cands, 64)
+    lens = [(r["bin_low"], r["tail"], r["rest"]) for r in rows if r["what"] == "length"]
+    assert len(lens) == 8 and sum(t for _, t, _ in lens) == 1 and sum(x for *_, x in lens) == 2
+    assert lens[-1] == (56.0, 1, 0) and lens[1] == (8.0, 0, 1) and lens[3] == (24.0, 0, 1)
+    ovs = {r["bin_low"]: (r["tail"], r["rest"]) for r in rows if r["what"] == "window_overlap"}
+    assert ovs[0.0] == (3, 0) and ovs[0.875] == (0, 1) and ovs[0.5] == (0, 1) and ovs[0.625] == (0, 1)
+    s = TL.summary(cands)["p"]
+    assert s["n"] == 3 and s["tail_rate"] == pytest.approx(1 / 3)
+    assert s["tail_token_share"] == pytest.approx(64 / 104)
+    assert s["overlap_tail"] == pytest.approx(0.05) and s["overlap_rest"] == pytest.approx(2.2 / 3)
+    md = TL.render_markdown(rows, TL.summary(cands))
+    assert "33.3% in the tail holding 61.5% of the tokens" in md
+    assert TL.render_markdown([], {}) == ""

@@ -62,3 +62,26 @@ def test_tail_flags_and_step_metrics_count_tail_tokens():
     assert m["tail_token_share"] == pytest.approx(76 / 112)
     with pytest.raises(ValueError, match="flags"):
         stepstats.local_sums(res, [True])
+
+
+def test_candidate_log_grades_rollouts_that_ran_to_their_end_only():
+    """A rollout at the length limit is graded (no answer within the budget is wrong, as in
+    the evaluation); one a policy cut is not: the falsification analysis must not drop the
+    never-answering tail from its outcome."""
+    from pgopd.models.tokenizer import build_char_tokenizer
+    from pgopd.rollout.loop import RolloutResult
+    from pgopd.rollout.types import Candidate
+    from pgopd.train import _candidate_log
+
+    tok = build_char_tokenizer()
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    cands = [Candidate(0, 0, tokens=enc("1+2=3. \\boxed{3}") + [tok.eos_token_id], finished=True,
+                       info={"stop_reason": "eos"}),
+             Candidate(1, 0, tokens=enc("wait, let me check again."), info={"stop_reason": "length"}),
+             Candidate(2, 0, tokens=enc("1+2=3. \\boxed{3}"), info={"stop_reason": "length"}),
+             Candidate(3, 0, tokens=enc("wait, let"), stopped=True, info={"stop_reason": "prefix"})]
+    for c in cands:
+        c.student_logp = c.teacher_logp = [0.0] * c.length
+        c.overlap, c.weights = [1.0] * c.length, [1.0] * c.length
+    recs = _candidate_log(0, RolloutResult(cands=cands, prompts=[[1]] * 4), 4, ["3"], tok)
+    assert [r["correct"] for r in recs] == [True, False, True, None]

@@ -12,19 +12,20 @@ from . import costs as K
 from . import falsification as F
 from . import noise as N
 from . import stats as S
+from . import tail as TL
 from .common import csv_text, write_atomic
 from .table import (Table, compute_table, html_page, load_evals, load_train, render_html_table, render_markdown,
                     write_tables)
 
 #: the extra tables next to main.csv
-EXTRA_TABLES = ("costs.csv", "stop_reasons.csv", "controls.csv", "reward_noise.csv")
+EXTRA_TABLES = ("costs.csv", "stop_reasons.csv", "controls.csv", "reward_noise.csv", "tail.csv")
 
 
 def report(eval_jsons: list[Path], train_jsons: list[Path], out_dir: Path, *, metrics=(), candidates=(),
            fig_dir: Optional[Path] = None, hparams: Optional[dict] = None, n_boot: int = S.N_BOOT,
            seed: int = 0) -> Table:
     """Write the tables to ``out_dir`` (main.{csv,md,tex,html}, falsification.{csv,md},
-    costs.csv, stop_reasons.csv, controls.csv, reward_noise.csv) and, with ``fig_dir``, the
+    costs.csv, stop_reasons.csv, controls.csv, reward_noise.csv, tail.csv) and, with ``fig_dir``, the
     figures and their data files (:mod:`pgopd.report.figures`).
 
     ``metrics`` / ``candidates``: the runs' metrics.jsonl / candidates.jsonl (costs, stop
@@ -40,12 +41,14 @@ def report(eval_jsons: list[Path], train_jsons: list[Path], out_dir: Path, *, me
     cands = F.load_candidates(candidates)
     max_new = ((hparams or {}).get("train") or {}).get("max_new_tokens")
     costs, stops, controls = K.cost_rows(runs_metrics), K.stop_rows(cands, max_new), K.control_rows(t, trains)
-    extra = K.render_markdown(costs, stops, controls)
+    tail_rows = TL.tail_rows(cands, max_new)
+    extra = TL.render_markdown(tail_rows, TL.summary(cands)) + "\n" + K.render_markdown(costs, stops, controls)
     write_tables(t, out_dir, hparams, trains)
     write_atomic(out_dir / "main.md", render_markdown(t, hparams, trains) + "\n" + extra)
     write_atomic(out_dir / "costs.csv", csv_text(K.COST_COLUMNS, costs))
     write_atomic(out_dir / "stop_reasons.csv", csv_text(K.STOP_COLUMNS, stops))
     write_atomic(out_dir / "controls.csv", csv_text(K.CONTROL_COLUMNS, controls))
+    write_atomic(out_dir / "tail.csv", csv_text(TL.COLUMNS, tail_rows))
     fals = F.analyse(cands, n_boot=n_boot, seed=seed)
     noise = N.analyse(cands, n_boot=n_boot, seed=seed)
     write_atomic(out_dir / "reward_noise.csv", csv_text(N.CSV_COLUMNS, N.rows(noise)))

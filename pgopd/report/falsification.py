@@ -7,7 +7,9 @@ control computes and logs the same probe (and which candidates PG-OPD would have
 
 * ``reward_suffix``: mean teacher reward r_t = log p_T(y_t) - log p_S(y_t) over the suffix
   (positions from ``prefix_len`` on; higher = the suffix stays closer to the teacher);
-* ``correct``: final correctness, for candidates that finished (emitted EOS) only.
+* ``correct``: final correctness, for candidates that ran to their own end: EOS, or the
+  length limit (graded like the evaluation grades a truncated response: a rollout that never
+  boxed an answer within the budget is wrong); None where a policy cut the candidate.
 
 ``reward_suffix`` measures teacher-student agreement, much as overlap does, so a "supported"
 on it is partly circular: it is shown but does not make the pair's verdict.  The verdict is
@@ -56,7 +58,7 @@ from .common import csv_text, load_runs, write_atomic
 
 OUTCOMES = ("reward_suffix", "correct")
 OUTCOME_LABELS = {"reward_suffix": "mean teacher reward on the suffix",
-                  "correct": "final correctness (finished candidates)"}
+                  "correct": "final correctness (candidates that ended by EOS or at the length limit)"}
 #: outcomes that measure teacher-student agreement like overlap does: shown, not the verdict
 CIRCULAR = ("reward_suffix",)
 VERDICT_OUTCOME = "correct"
@@ -67,7 +69,7 @@ MIN_N = 10  # fewer candidates with an outcome: no verdict
 _KEEP = ("step", "group", "cid", "probe_overlap", "selected", "continued", "decision_step", "reward_suffix",
          "correct", "finished", "stopped", "length", "truncated_at", "stop_reason", "weight_min",
          "weight_mean", "drift_events", "train_len", "keep", "probe_window_overlap", "probe_window_complete",
-         "win_overlap", "win_reward_var")
+         "win_overlap", "win_reward_var", "tail")
 
 CSV_COLUMNS = ("pair", "source", "outcome", "n", "spearman_rho", "rho_ci_low", "rho_ci_high", "spearman_p",
                "n_bins", "bottom_bin_mean", "top_bin_mean", "top_minus_bottom", "tmb_ci_low", "tmb_ci_high",
@@ -304,7 +306,7 @@ _csv = csv_text
 def render_markdown(fals: dict) -> str:
     lines = ["# Falsification: does probe overlap predict suffix value?", "",
              "Premise tested (PG-OPD review, §3.2): low top-k overlap on the prefix marks a low-value suffix. "
-             "Outcomes: final correctness where the candidate finished (graded answers: the verdict), and the "
+             "Outcomes: final correctness where the candidate ran to EOS or the length limit (graded answers: the verdict), and the "
              "mean teacher reward on the suffix (an agreement measure like overlap: partly circular, shown only). "
              "95% CIs from bootstrap resampling.", ""]
     if not fals["pairs"]:

@@ -38,6 +38,7 @@ rule report:
         costs=report(f"{TABLE_DIR}/costs.csv", caption="../report/costs.rst", category="Tables"),
         stops=report(f"{TABLE_DIR}/stop_reasons.csv", caption="../report/stop_reasons.rst", category="Tables"),
         controls=report(f"{TABLE_DIR}/controls.csv", caption="../report/controls.rst", category="Tables"),
+        tail=report(f"{TABLE_DIR}/tail.csv", caption="../report/tail.rst", category="Tables"),
         acc_wall=_fig("accuracy_vs_wall"),
         acc_wall_data=_fig_data("accuracy_vs_wall"),
         tokens=_fig("tokens_per_step"),
