@@ -7,10 +7,15 @@ enough to be good; the student only gets a short warm start, so it knows the out
 
 The teacher's learning rate is annealed to 1% of its peak; the student's only to a third
 (``final_lr_fraction``), as a checkpoint taken mid-way through pre-training.  Measured on
-the embedded default (README, "OPD on the toy"): a student annealed to 1% sits in a sharp
+the embedded default (README, "The clean-student toy"): a student annealed to 1% sits in a sharp
 minimum that any further update at OPD's learning rates leaves -- OPD, and even SFT on fresh
 correct solutions, lowered its held-out accuracy -- while the un-annealed student is
 improved by OPD.
+
+The default student's warm start also has a ramble (``loop_fraction`` of its solutions,
+see :func:`looping_solution`): a share of its rollouts lose the thread and run to the length
+limit without an answer, the long tail that PG-OPD and Prune-OPD exist to cut (issue 15).
+The teacher never sees one, so it is off its distribution on that tail.
 
 Output (``out_dir``): ``teacher/`` and ``student/`` (HF ``save_pretrained`` with the
 tokenizer) and ``build_<role>.json`` (parameters, train time, losses, held-out greedy
