@@ -196,3 +196,7 @@ def test_tail_histograms_of_opd_first_steps_hand_counted():
     md = TL.render_markdown(rows, TL.summary(cands))
     assert "33.3% in the tail holding 61.5% of the tokens" in md
     assert TL.render_markdown([], {}) == ""
+    old_run = {("q", "opd", 0): [{"step": 0, "length": 5, "win_overlap": [0.5]}]}   # logged before issue 15
+    assert TL.tail_rows(old_run, 64) == [] and TL.summary(old_run) == {}
+    zero = {("z", "opd", 0): [rec(0, 0, False, [])]}
+    assert "0 in the tail" not in TL.render_markdown(TL.tail_rows(zero, 64), TL.summary(zero))

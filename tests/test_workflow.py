@@ -124,7 +124,9 @@ def test_train_params_are_per_method_slices():
     p = {m: W.train_params(base, m) for m in C.ALL_METHODS}
     assert all("methods" not in v for v in p.values())
     assert "controls" not in p["opd"]  # opd logs the probe / window overlap, acts on nothing else
-    assert p["opd"]["pgopd"] == {"prefix_len": 12, "probe_start": 0, "probe_end": 12} and p["opd"]["pruneopd"] == {"window": 8}
+    pg = C.PGOPDConfig()
+    assert p["opd"]["pgopd"] == {"prefix_len": pg.prefix_len, "probe_start": pg.probe_start, "probe_end": pg.probe_end}
+    assert p["opd"]["pruneopd"] == {"window": C.PruneOPDConfig().window}
     assert "pgopd" in p["pgopd"] and "pruneopd" not in p["pgopd"] and "controls" not in p["pgopd"]
     assert "pruneopd" in p["pruneopd"] and "pgopd" not in p["pruneopd"]
     assert {"pgopd", "controls"} <= set(p["random_prune"]) and "pruneopd" not in p["random_prune"]

@@ -28,7 +28,7 @@ def _opd_first_steps(cands: dict) -> dict[str, list[dict]]:
     for (pair, method, _seed), recs in cands.items():
         if method == "opd":
             by[pair] += [r for r in recs if r.get("step", 0) < FIRST_STEPS and r.get("tail") is not None]
-    return by
+    return {pair: recs for pair, recs in by.items() if recs}  # runs from before issue 15 log no tail
 
 
 def tail_rows(cands: dict, max_new_tokens: int | None) -> list[dict]:
@@ -62,6 +62,10 @@ def summary(cands: dict) -> dict[str, dict]:
     return out
 
 
+def _pct(x):
+    return None if x is None else 100 * x
+
+
 def _f(x, fmt):
     return "" if x is None else format(x, fmt)
 
@@ -75,8 +79,8 @@ def render_markdown(rows: list[dict], summ: dict) -> str:
              "distributions. Tail: the rollout hit the length limit or never boxed an answer. Window overlap: "
              "mean top-k overlap per Prune-OPD monitor window.", ""]
     for pair, s in summ.items():
-        lines.append(f"- {pair}: {s['n']} rollouts, {100 * s['tail_rate']:.1f}% in the tail holding "
-                     f"{100 * s['tail_token_share']:.1f}% of the tokens; mean window overlap "
+        lines.append(f"- {pair}: {s['n']} rollouts, {_f(_pct(s['tail_rate']), '.1f')}% in the tail holding "
+                     f"{_f(_pct(s['tail_token_share']), '.1f')}% of the tokens; mean window overlap "
                      f"{_f(s['overlap_tail'], '.3f')} (tail) vs {_f(s['overlap_rest'], '.3f')} (rest).")
     lines += ["", "| Pair | Histogram | Bin | Tail | Rest |", "|:---|:---|:---|---:|---:|"]
     for r in rows:
