@@ -107,16 +107,18 @@ def sft_loss(model, prompts: list[list[int]], responses: list[list[int]], pad_id
 
 # ----------------------------------------------------------------------------- the stage
 def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list[str], tokenizer,
-                   cid_offset: int = 0, group_offset: int = 0, extras=None) -> list[dict]:
+                   cid_offset: int = 0, group_offset: int = 0, extras=None, texts=None) -> list[dict]:
     """Per-candidate record: decisions, lengths, weights, teacher reward on prefix / suffix,
     final correctness where the rollout ran to its own end (feeds the falsification analysis):
     EOS, or the length limit -- graded as the evaluation grades a truncated response (no answer
-    within the budget is wrong); a candidate the policy cut gets None."""
+    within the budget is wrong); a candidate the policy cut gets None.  ``texts``: the decoded
+    responses, when the caller has them already."""
     from .grading import grade
     from .models.loading import response_text
 
+    texts = texts if texts is not None else [response_text(tokenizer, c.tokens) for c in res.cands]
     out = []
-    for c in res.cands:
+    for c, text in zip(res.cands, texts):
         r = c.reward()
         pre, suf = r[:prefix_len], r[prefix_len:]
         rec = {"step": step, "cid": c.cid + cid_offset, "group": c.group + group_offset, "length": c.length,
@@ -127,7 +129,7 @@ def _candidate_log(step: int, res: RolloutResult, prefix_len: int, answers: list
                "overlap_mean": sum(c.overlap) / len(c.overlap) if c.overlap else None,
                "weight_min": min(c.weights) if c.weights else None,
                "weight_mean": sum(c.weights) / len(c.weights) if c.weights else None,
-               "correct": (grade(response_text(tokenizer, c.tokens), answers[c.group])
+               "correct": (grade(text, answers[c.group])
                            if c.finished or c.info.get("stop_reason") == "length" else None),
                **(extras(c) if extras else {}), **c.info}
         out.append(rec)
@@ -357,10 +359,11 @@ def _update_step(run: _Run, res: RolloutResult, state: RunState, step: int) -> d
 
 def _log_step(run: _Run, state: RunState, step: int, res: RolloutResult, m: dict, idx: list[int]) -> None:
     """Totals, the step's metrics line, candidate records and tensorboard scalars (rank 0 writes)."""
-    cfg, dist = run.cfg, run.dist
     from .models.loading import response_text
 
-    tail = stepstats.tail_flags(res.cands, [response_text(run.tok, c.tokens) for c in res.cands], cfg.max_new_tokens)
+    cfg, dist = run.cfg, run.dist
+    texts = [response_text(run.tok, c.tokens) for c in res.cands]
+    tail = stepstats.tail_flags(res.cands, texts, cfg.max_new_tokens)
     sums = dist.sum(*stepstats.local_sums(res, tail))  # counts and positions of every process
     for c, t in zip(res.cands, tail):
         c.info["tail"] = t  # logged per candidate: the report's tail histograms
@@ -372,7 +375,8 @@ def _log_step(run: _Run, state: RunState, step: int, res: RolloutResult, m: dict
         _candidate_log(step, res, cfg.pgopd.prefix_len, answers, run.tok,
                        cid_offset=dist.rank * run.per_rank * cfg.n_samples, group_offset=dist.rank * run.per_rank,
                        extras=lambda c: stepstats.candidate_extras(c, cfg.pgopd.probe_start, cfg.pgopd.probe_end,
-                                                                   cfg.pruneopd.window)))
+                                                                   cfg.pruneopd.window),
+                       texts=texts))
         for r in rank_recs]
     if dist.rank == 0:
         with open(run.metrics_path, "a") as fh:
