@@ -27,13 +27,11 @@ def _num(x) -> float:
     return float("nan") if x is None else float(x)
 
 
-def local_sums(res, tail: list[bool] | None = None) -> list[float]:
+def local_sums(res, tail: list[bool]) -> list[float]:
     """This process's sums for one step (a :class:`pgopd.rollout.loop.RolloutResult`), SUM_KEYS order.
 
-    ``tail`` flags the candidates in the long tail (one per candidate, see
-    :func:`tail_flags`); None counts none."""
+    ``tail`` flags the candidates in the long tail (one per candidate, see :func:`tail_flags`)."""
     cands = res.cands
-    tail = tail if tail is not None else [False] * len(cands)
     if len(tail) != len(cands):
         raise ValueError(f"tail has {len(tail)} flags for {len(cands)} candidates")
     decided = [c for c in cands if c.info.get("decision_step") is not None]  # live at the probe
@@ -53,8 +51,8 @@ def tail_flags(cands, texts: list[str], max_new_tokens: int) -> list[bool]:
     A candidate the policy cut is not counted: its rollout was not allowed to show either."""
     from .tailstats import is_tail
 
-    return [c.info.get("stop_reason", "eos" if c.finished else "length") in _UNCUT
-            and is_tail(c.length, c.finished, t, max_new_tokens) for c, t in zip(cands, texts)]
+    return [c.info.get("stop_reason") in _UNCUT and is_tail(c.length, c.finished, t, max_new_tokens)
+            for c, t in zip(cands, texts)]
 
 
 def _int_or_none(x: float):

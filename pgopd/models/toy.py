@@ -113,20 +113,16 @@ def looping_solution(solution: str, rng: random.Random, length: int, phrase: str
     reasoning traces -- while the teacher, trained on clean solutions only, has never seen
     one: a rambling prefix puts the teacher off its distribution (low top-k overlap).
     """
-    steps = solution.rsplit(" \\boxed{", 1)[0].split(". ")
+    steps = [s.rstrip(".") + "." for s in solution.rsplit(" \\boxed{", 1)[0].split(". ")]
     if phrase:
         last = len(steps) if max_start < 0 else min(len(steps), max_start)
-        n_clean = rng.randrange(last + 1)
-        out = " ".join(s.rstrip(".") + "." for s in steps[:n_clean])
-        while len(out) < length:
-            out += (" " if out else "") + phrase
-        return out[:length]
-    cut = rng.randrange(len(steps))
-    head = ". ".join(steps[:cut + 1]).rstrip(".") + "."
-    step = steps[cut].rstrip(".") + "."
-    out = head
+        n_clean, unit = rng.randrange(last + 1), phrase
+    else:
+        cut = rng.randrange(len(steps))
+        n_clean, unit = cut + 1, steps[cut]
+    out = " ".join(steps[:n_clean])
     while len(out) < length:
-        out += " " + step
+        out += (" " if out else "") + unit
     return out[:length]
 
 

@@ -56,10 +56,10 @@ def cost_rows(metrics: dict) -> list[dict]:
     tail = defaultdict(lambda: [0, 0, 0, 0])  # tail / generated tokens: first steps, whole run
     for (pair, method, _s), recs in metrics.items():
         a, t = acc[(pair, method)], tail[(pair, method)]
-        for i, r in enumerate(sorted(recs, key=lambda r: r.get("step", 0))):
+        for r in recs:
             a["n_steps"] += 1
             if r.get("tokens_tail") is not None:  # runs from before issue 15 did not count it
-                first = i < FIRST_STEPS
+                first = r["step"] < FIRST_STEPS
                 t[0] += r["tokens_tail"] * first
                 t[1] += r["tokens_generated"] * first
                 t[2] += r["tokens_tail"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..tailstats import histogram
-from .costs import FIRST_STEPS
+from .costs import FIRST_STEPS, _n, _pct
 
 COLUMNS = ("pair", "what", "bin_low", "bin_high", "tail", "rest")
 N_LEN_BINS = 8
@@ -62,14 +62,6 @@ def summary(cands: dict) -> dict[str, dict]:
     return out
 
 
-def _pct(x):
-    return None if x is None else 100 * x
-
-
-def _f(x, fmt):
-    return "" if x is None else format(x, fmt)
-
-
 def render_markdown(rows: list[dict], summ: dict) -> str:
     """The main.md section (empty when no OPD run logged its tail)."""
     if not rows:
@@ -79,9 +71,9 @@ def render_markdown(rows: list[dict], summ: dict) -> str:
              "distributions. Tail: the rollout hit the length limit or never boxed an answer. Window overlap: "
              "mean top-k overlap per Prune-OPD monitor window.", ""]
     for pair, s in summ.items():
-        lines.append(f"- {pair}: {s['n']} rollouts, {_f(_pct(s['tail_rate']), '.1f')}% in the tail holding "
-                     f"{_f(_pct(s['tail_token_share']), '.1f')}% of the tokens; mean window overlap "
-                     f"{_f(s['overlap_tail'], '.3f')} (tail) vs {_f(s['overlap_rest'], '.3f')} (rest).")
+        lines.append(f"- {pair}: {s['n']} rollouts, {_n(_pct(s['tail_rate']), '.1f')}% in the tail holding "
+                     f"{_n(_pct(s['tail_token_share']), '.1f')}% of the tokens; mean window overlap "
+                     f"{_n(s['overlap_tail'], '.3f')} (tail) vs {_n(s['overlap_rest'], '.3f')} (rest).")
     lines += ["", "| Pair | Histogram | Bin | Tail | Rest |", "|:---|:---|:---|---:|---:|"]
     for r in rows:
         lo, hi = r["bin_low"], r["bin_high"]
