@@ -314,13 +314,13 @@ def test_jobstep_plugin_is_pinned_to_the_tested_version():
 
 
 def test_no_reference_to_a_missing_file():
-    for f in ("config/paper.yaml", "slurm/config.yaml", "README.md", "config/config.yaml"):
+    for f in ("config/paper.yaml", "slurm/config.yaml", "README.md", "config/config.yaml", *(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))):
         for ref in re.findall(r"(?<![:\w/])((?:docs|config|slurm|scripts)/[\w./-]+\.(?:md|yaml|sh))", (ROOT / f).read_text()):
             assert (ROOT / ref).exists(), (f, ref)
 
 
 def _readme_train_line() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "cluster.md").read_text()
     return next(x for x in text.splitlines() if x.startswith(': "${SLURM_JOB_ID:?') and " srun " in x)
 
 

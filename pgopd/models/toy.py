@@ -7,7 +7,7 @@ enough to be good; the student only gets a short warm start, so it knows the out
 
 The teacher's learning rate is annealed to 1% of its peak; the student's only to a third
 (``final_lr_fraction``), as a checkpoint taken mid-way through pre-training.  Measured on
-the embedded default (README, "The clean-student toy"): a student annealed to 1% sits in a sharp
+the embedded default (docs/testbed.md, "The clean-student toy"): a student annealed to 1% sits in a sharp
 minimum that any further update at OPD's learning rates leaves -- OPD, and even SFT on fresh
 correct solutions, lowered its held-out accuracy -- while the un-annealed student is
 improved by OPD.
