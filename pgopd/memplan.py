@@ -1,156 +1,39 @@
 """The memory plan: per rank and per phase of one training step, the bytes we expect on the GPU.
 
 Pure arithmetic (no torch), so ``pgopd plan`` and the workflow's load-time check run anywhere.
-The terms follow ``shared/notes/gpu-memory.md`` (ZeRO paper model states, per-token activation
-and logit sizes, KV bytes per token) and are checked against measurements by
-``bench/memory.py`` on CPU (fp32: every byte size is a parameter, ``dtype_bytes``).
+Every term names its source in a comment (the ZeRO paper, a DeepSpeed default, the tensors a
+layer saves, ...); ``bench/memory.py`` measures the phases on CPU (bf16, ZeRO-2 and ZeRO-3,
+two processes) and ``tests/test_memplan_bench.py`` checks plan against measurement per phase.
+Units: bytes inside, GiB (2^30) in every message; the budget is the table value of
+``resources.train.gpu_model`` (``pgopd.memshapes.GPU_MODELS``) or ``resources.train.gpu_mem_gb`` (GiB).
 
-Phases of one step (each rank):
-  * rollout:  the student samples a chunk (vLLM reservation, or hf: student KV of the live rows
-              and the logits of one chunk), while the teacher's KV of the live rows is held;
-  * scoring:  the teacher scores the chunk (its KV of the live rows + the logits of one chunk),
-              interleaved with the rollout, so the sampler's memory is still held;
-  * update:   forward/backward of one micro-batch (activations + one log-prob chunk of logits);
-  * step:     the optimizer step (one fp32 scratch buffer of the optimizer's partition).
-Resident in every phase: the student's model states (ZeRO-sharded), the teacher's weights
-(unless ``train.teacher_offload`` during update/step), the vLLM reservation (unless asleep).
+Phases of one step (each rank), in this order (:data:`PHASES`; ``pgopd preflight`` reads them):
+  * rollout:  the student samples a chunk (vLLM awake, or hf: student KV of the live rows and
+              the prefill's logits) while the teacher's KV of the live rows is held;
+  * scoring:  the teacher scores the chunk (its KV of the live rows at full length, the KV
+              growth, GQA's expanded K/V, one layer's MLP, one chunk of logits), vLLM awake;
+  * update:   forward/backward of one micro-batch (activations, the LM-head chunk, the head's
+              gradient, ZeRO buffers), vLLM asleep (colocate) and the teacher offloaded if set;
+  * step:     the optimizer step (the fp32 gradient partition and AdamW's temporary);
+  * sync:     the new weights pushed into vLLM (ZeRO-3: gathered + cloned; vLLM awake again).
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .config import Config, ConfigError
+from .memshapes import GIB, GPU_MODELS, KNOWN_CONFIGS, Shape, gpu_budget_gib, model_shape  # noqa: F401
 
-GIB = 1024 ** 3
-
-#: published config.json values of the models config/paper.yaml names: the offline fallback.
-KNOWN_CONFIGS = {
-    "Qwen/Qwen3-1.7B": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                            num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                            tie_word_embeddings=True),
-    "Qwen/Qwen3-4B": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-                          num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                          tie_word_embeddings=True),
-    "Qwen/Qwen3-8B": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                          num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                          tie_word_embeddings=False),
-}
-for _c in KNOWN_CONFIGS.values():
-    _c.update(model_type="qwen3", vocab_size=151936, max_position_embeddings=40960,
-              rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu")
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What the plan needs of a decoder-only transformer (Qwen2/Qwen3/Llama layout)."""
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    tied: bool = True
-    qk_norm: bool = True   # Qwen3 normalises q and k per head
-
-    @classmethod
-    def from_config(cls, c: dict) -> "Shape":
-        c = c.get("text_config", c)
-        heads = c["num_attention_heads"]
-        return cls(vocab=c["vocab_size"], hidden=c["hidden_size"], layers=c["num_hidden_layers"],
-                   heads=heads, kv_heads=c.get("num_key_value_heads") or heads,
-                   head_dim=c.get("head_dim") or c["hidden_size"] // heads,
-                   intermediate=c["intermediate_size"], tied=bool(c.get("tie_word_embeddings", True)),
-                   qk_norm=c.get("model_type", "qwen3") == "qwen3")
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    @property
-    def params(self) -> int:
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h + (2 * self.head_dim if self.qk_norm else 0)
-        return self.vocab * h * (1 if self.tied else 2) + self.layers * layer + h
-
-    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        """K and V of every layer for one token."""
-        return 2 * self.layers * self.kv_dim * dtype_bytes
-
-    def act_bytes_per_token_layer(self, db: int) -> int:
-        """Bytes one decoder layer keeps for backward per token (no checkpointing).
-
-        Counted from the tensors autograd saves in the HF Qwen3 layer (torch's fused SDPA, no
-        T^2 term; measured with ``saved_tensors_hooks`` in fp32 and bf16 to within 1%): each
-        RMSNorm over h keeps its fp32 input, the normalised and the scaled output (4 + 2 db per
-        element); the q/k norms their fp32 input and output (4 + db); the roped q and k, v and
-        the attention output (db each); the SwiGLU MLP gate, up, silu(gate) and their product.
-        """
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        norms = (4 + 2 * db) * 2 * h + ((4 + db) * (q + kv) if self.qk_norm else 0)
-        attn = db * (2 * q + 2 * kv)
-        mlp = 4 * db * i
-        return norms + attn + mlp
-
-
-# ----------------------------------------------------------------------------- model shapes
-def hf_hub_cache() -> Path:
-    """Where huggingface_hub keeps downloads: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
-def find_config_json(ref: str) -> Path | None:
-    """config.json of a local model dir, or of the HF cache's snapshot of hub id ``ref``."""
-    local = Path(ref).expanduser()
-    if (local / "config.json").is_file():
-        return local / "config.json"
-    if ref.count("/") != 1 or local.exists():
-        return None
-    repo = hf_hub_cache() / f"models--{ref.replace('/', '--')}"
-    main = repo / "refs" / "main"
-    if main.is_file() and (repo / "snapshots" / main.read_text().strip() / "config.json").is_file():
-        return repo / "snapshots" / main.read_text().strip() / "config.json"
-    found = sorted(glob.glob(str(repo / "snapshots" / "*" / "config.json")))
-    return Path(found[-1]) if found else None
-
-
-def model_shape(ref: str, where: str, cfg: Config | None = None) -> Shape:
-    """Shape of model ``ref`` (``where`` names it in errors: ``pairs.<pair>.<role>``)."""
-    if ref == "toy":
-        if cfg is None:
-            raise ConfigError(f"{where}: the toy model's shape needs the config")
-        from .models.tokenizer import char_vocab
-
-        t = getattr(cfg.toy_models, where.rsplit(".", 1)[-1])
-        return Shape(vocab=len(char_vocab()), hidden=t.d_model, layers=t.n_layers, heads=t.n_heads,
-                     kv_heads=t.n_heads, head_dim=t.d_model // t.n_heads,
-                     intermediate=t.d_ff or 4 * t.d_model, tied=True, qk_norm=False)
-    path = find_config_json(ref)
-    if path is not None:
-        try:
-            return Shape.from_config(json.loads(path.read_text()))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{where}: {path} is not a decoder config.json the memory plan can "
-                              f"read ({type(e).__name__}: {e})") from None
-    if ref in KNOWN_CONFIGS:
-        return Shape.from_config(KNOWN_CONFIGS[ref])
-    raise ConfigError(f"{where}: model {ref!r} has no config.json (not a local model dir, not in the "
-                      f"Hugging Face cache {hf_hub_cache()}) and is not one of the shapes the memory "
-                      f"plan knows ({', '.join(KNOWN_CONFIGS)}); download its config.json first "
-                      f"(`huggingface-cli download {ref} config.json`)")
+#: DeepSpeed's zero_optimization.reduce_bucket_size default (deepspeed/runtime/zero/config.py: 5e8)
+DS_REDUCE_BUCKET = 500_000_000
+#: what a sleeping vLLM engine keeps (level-1 sleep frees weights and KV cache; its persistent
+#: sampler/input buffers and, with CUDA graphs, the graph pool stay): the ~0.3-1 GiB seen on GPUs
+#: (issue 21); an estimate until ``pgopd preflight`` measures it
+VLLM_ASLEEP_GIB = {True: 1.0, False: 0.3}   # keyed by "CUDA graphs on"
+#: vLLM's default gpu_memory_utilization
+VLLM_DEFAULT_UTIL = 0.9
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -162,7 +45,7 @@ class PlanInputs:
     rows: int                        # rollout rows of this rank per step (prompts x n_samples)
     prompt_tokens: int
     max_new_tokens: int
-    budget_gib: float
+    budget_gib: float                # GiB one GPU exposes
     world: int = 1                   # data-parallel ranks (ZeRO shards over them)
     rollout_chunk: int = 256         # train.chunk_size: positions the teacher scores at once
     micro_tokens: int = 0            # train.max_tokens_per_micro_batch (0 = every row at once)
@@ -176,7 +59,13 @@ class PlanInputs:
     backend: str = "hf"              # rollout backend: hf | vllm
     vllm_mode: str = "separate"
     vllm_util: float | None = None   # None: vLLM's default, 0.9
+    vllm_graphs: bool = True         # CUDA graphs (enforce_eager false / auto on GPU)
     reserve_gib: float = 0.0         # CUDA context, NCCL buffers, allocator fragmentation
+    budget_name: str = "budget"      # where budget_gib came from, for messages
+    reduce_bucket: int = DS_REDUCE_BUCKET  # DeepSpeed reduce_bucket_size (elements)
+    # the scorer keeps the last row group's teacher KV after the rollout (TeacherScorer.kv
+    # lives until the next start(); true of pgopd/train.py on 2026-12-05)
+    teacher_kv_kept: bool = True
 
     @property
     def seq_len(self) -> int:
@@ -199,6 +88,10 @@ class PlanInputs:
     def logits_chunk_tokens(self) -> int:
         return min(self.logprob_chunk or self.micro_batch_tokens, self.micro_batch_tokens)
 
+    @property
+    def util(self) -> float:
+        return VLLM_DEFAULT_UTIL if self.vllm_util is None else self.vllm_util
+
 
 def _world(cfg: Config) -> int:
     """Training processes in all (one per GPU under a launcher; see workflow.train_launcher)."""
@@ -207,23 +100,33 @@ def _world(cfg: Config) -> int:
     return (max(r.gpu, 1) if launched else 1) * r.nodes
 
 
+def budget_of(cfg: Config) -> tuple[float, str]:
+    """(GiB per GPU, the config key it came from)."""
+    r = cfg.resources.train
+    name = (f"resources.train.gpu_mem_gb = {r.gpu_mem_gb:g}" if r.gpu_mem_gb is not None
+            else f"resources.train.gpu_model = {r.gpu_model}")
+    return gpu_budget_gib(r.gpu_model, r.gpu_mem_gb), name
+
+
 def inputs_from_config(cfg: Config, pair: str, reserve_gib: float = 3.0) -> PlanInputs:
     """The plan's inputs for one pair of ``cfg`` (shapes from config.json / the known table)."""
     t = cfg.train
     p = cfg.pairs[pair]
     world = _world(cfg)
     db = 2 if t.bf16 else 4
+    budget, budget_name = budget_of(cfg)
     return PlanInputs(
         student=model_shape(p.student, f"pairs.{pair}.student", cfg),
         teacher=model_shape(p.teacher, f"pairs.{pair}.teacher", cfg),
         rows=math.ceil(t.prompts_per_step / world) * t.n_samples,
         prompt_tokens=cfg.resources.train.plan_prompt_tokens, max_new_tokens=t.max_new_tokens,
-        budget_gib=cfg.resources.train.gpu_mem_gb, world=world, rollout_chunk=t.chunk_size,
+        budget_gib=budget, budget_name=budget_name, world=world, rollout_chunk=t.chunk_size,
         micro_tokens=t.max_tokens_per_micro_batch, logprob_chunk=t.logprob_chunk_tokens,
         live_rows=t.max_live_rows, zero_stage=t.zero_stage, dtype_bytes=db,
         teacher_dtype_bytes=db, gradient_checkpointing=t.gradient_checkpointing,
-        teacher_offload=t.teacher_offload, backend=t.backend,
-        vllm_mode=t.vllm.mode, vllm_util=t.vllm.gpu_memory_utilization, reserve_gib=reserve_gib)
+        teacher_offload=t.teacher_offload, backend=t.backend, vllm_mode=t.vllm.mode,
+        vllm_util=t.vllm.gpu_memory_utilization, vllm_graphs=t.vllm.enforce_eager is not True,
+        reserve_gib=reserve_gib)
 
 
 # ----------------------------------------------------------------------------- phases
@@ -254,55 +157,97 @@ class Phase:
 
 
 def student_state_terms(x: PlanInputs) -> list[Term]:
-    """Weights, gradients and optimizer states (fp32 master + Adam m, v) under ZeRO stage s:
-    stage >= 1 shards the optimizer states over the ranks, >= 2 the gradients, 3 the weights."""
+    """Weights, gradients and optimizer states (fp32 master + Adam m, v) under ZeRO stage s
+    (ZeRO paper, Rajbhandari et al. 2020): stage >= 1 shards the optimizer states over the
+    ranks, >= 2 the gradients, 3 the weights.  ZeRO-3 also holds its reduce bucket from the
+    start (deepspeed/runtime/zero/stage3.py: ``torch.empty(reduce_bucket_size)`` at init)."""
     P, db, W, s = x.student.params, x.dtype_bytes, x.world, x.zero_stage
     opt_bytes = (4 if db < 4 else 0) + 8      # a master copy only under mixed precision
     zk = () if s == 3 else ("train.zero_stage",)
-    out = [Term("student weights", db * P / (W if s >= 3 else 1), zk if s < 3 else (),
-                f"{P / 1e9:.2f}B params x {db} B"),
+    out = [Term("student weights", db * P / (W if s >= 3 else 1), zk, f"{P / 1e9:.2f}B params x {db} B"),
            Term("student gradients", db * P / (W if s >= 2 else 1), zk if s < 2 else ()),
            Term("optimizer states", opt_bytes * P / (W if s >= 1 else 1), zk,
                 f"{opt_bytes} B/param" + (f", sharded over {W}" if s >= 1 and W > 1 else ""))]
-    if s == 3:  # the layers gathered around the one running (current + prefetch)
-        layer_params = (P - x.student.vocab * x.student.hidden * (1 if x.student.tied else 2)) / x.student.layers
-        out.append(Term("ZeRO-3 gathered layers", 2 * db * layer_params))
+    if s == 3:
+        out.append(Term("ZeRO-3 reduce bucket", db * x.reduce_bucket, (),
+                        f"reduce_bucket_size {x.reduce_bucket:.3g} elements, held from init"))
     return out
 
 
+def teacher_kv_bytes(x: PlanInputs) -> float:
+    """K and V of every teacher layer for the live rows at full length."""
+    return x.live * x.seq_len * x.teacher.kv_bytes_per_token(x.teacher_dtype_bytes)
+
+
 def _resident(x: PlanInputs, phase: str) -> list[Term]:
-    updating = phase in ("update", "step")
+    """What every phase holds: student states, the teacher (unless offloaded after the rollout),
+    its KV kept from the rollout, vLLM (awake or asleep) and the runtime reserve."""
+    training = phase in ("update", "step", "sync")
     out = student_state_terms(x)
-    if not (updating and x.teacher_offload):
+    if not (training and x.teacher_offload):  # train.py moves the teacher to CPU after the rollout
         out.append(Term("teacher weights", x.teacher_dtype_bytes * x.teacher.params,
-                        ("train.teacher_offload",) if updating else (),
+                        ("train.teacher_offload",) if training else (),
                         f"{x.teacher.params / 1e9:.2f}B params x {x.teacher_dtype_bytes} B"))
-    if x.backend == "vllm" and not (updating and x.vllm_mode == "colocate"):
-        util = 0.9 if x.vllm_util is None else x.vllm_util
-        knobs = ("train.vllm.mode",) if updating else ("train.vllm.gpu_memory_utilization",)
-        out.append(Term("vLLM reservation", util * x.budget_gib * GIB, knobs,
-                        f"gpu_memory_utilization {util} x {x.budget_gib:g} GiB"
-                        + (" (awake: mode separate)" if updating else "")))
+    if training and x.teacher_kv_kept:  # .to("cpu") moves parameters, not the scorer's cache
+        out.append(Term("teacher KV kept after rollout", teacher_kv_bytes(x), ("train.max_live_rows",),
+                        "the last row group's cache (TeacherScorer.kv)"))
+    if x.backend == "vllm":
+        asleep = phase in ("update", "step") and x.vllm_mode == "colocate"
+        if asleep:
+            out.append(Term("vLLM asleep (buffers, graphs)", VLLM_ASLEEP_GIB[x.vllm_graphs] * GIB, (),
+                            "estimate; level-1 sleep keeps persistent buffers and CUDA graphs"))
+        else:
+            knobs = ("train.vllm.mode",) if phase in ("update", "step") else ("train.vllm.gpu_memory_utilization",)
+            out.append(Term("vLLM reservation", x.util * x.budget_gib * GIB, knobs,
+                            f"gpu_memory_utilization {x.util} x {x.budget_gib:.1f} GiB"))
     if x.reserve_gib:
         out.append(Term("runtime reserve", x.reserve_gib * GIB, (), "CUDA context, NCCL, fragmentation"))
     return out
 
 
-def _rollout_terms(x: PlanInputs, scoring: bool) -> list[Term]:
-    s, t, V, L = x.student, x.teacher, x.student.vocab, x.live
-    out = [Term("teacher KV (live rows)", L * x.seq_len * t.kv_bytes_per_token(x.teacher_dtype_bytes),
-                ("train.max_live_rows",), f"{L} rows x {x.seq_len} tokens")]
+def zero3_gathered_bytes(x: PlanInputs) -> float:
+    """ZeRO-3 full parameters alive while a module runs: the largest (the LM head / embedding,
+    gathered for each log-prob chunk) plus the next layer prefetched (stage3_prefetch_bucket_size
+    5e7 elements covers about one layer); small ones (< 1e5 elements, the norms) persist."""
+    s = x.student
+    return x.dtype_bytes * (s.embedding + s.layer_params)
+
+
+def _rollout_terms(x: PlanInputs) -> list[Term]:
+    s, V, L = x.student, x.student.vocab, x.live
+    out = [Term("teacher KV (live rows)", teacher_kv_bytes(x), ("train.max_live_rows",),
+                f"{L} rows x {x.seq_len} tokens")]
     if x.backend == "hf":  # vLLM's KV lives inside its reservation
         out.append(Term("student KV (live rows)", L * x.seq_len * s.kv_bytes_per_token(x.dtype_bytes),
                         ("train.max_live_rows",), f"{L} rows x {x.seq_len} tokens"))
-        if not scoring:  # the prefill's logits cover every prompt position
-            out.append(Term("sampler logits", L * V * max(x.prompt_tokens * x.dtype_bytes, x.dtype_bytes + 16),
-                            ("train.max_live_rows",), f"{L} rows x {x.prompt_tokens} prompt positions"))
-    if scoring:
-        # the LM head runs over at most logprob_chunk of the chunk's live positions at a time
-        n = min(L * x.rollout_chunk, x.logprob_chunk or L * x.rollout_chunk)
-        out.append(Term("teacher logits", n * t.vocab * (x.teacher_dtype_bytes + 12),
-                        ("train.logprob_chunk_tokens", "train.max_live_rows"), f"{n} positions at a time"))
+        # the prefill's logits cover every prompt position, then one fp32 row per live row
+        out.append(Term("sampler logits", L * V * max(x.prompt_tokens * x.dtype_bytes, x.dtype_bytes + 16),
+                        ("train.max_live_rows",), f"{L} rows x {x.prompt_tokens} prompt positions"))
+        if x.zero_stage == 3:
+            out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (), "the head + one layer"))
+    return out
+
+
+def _scoring_terms(x: PlanInputs) -> list[Term]:
+    """The teacher's forward of one chunk of C positions for the live rows at full length."""
+    t, L, db, C = x.teacher, x.live, x.teacher_dtype_bytes, x.rollout_chunk
+    kv = teacher_kv_bytes(x)
+    out = [Term("teacher KV (live rows)", kv, ("train.max_live_rows",), f"{L} rows x {x.seq_len} tokens"),
+           # transformers' DynamicLayer.update: keys = torch.cat([keys, new]): old + new of one layer
+           Term("teacher KV growth (torch.cat)", kv / t.layers, ("train.max_live_rows",), "one layer's K and V")]
+    if t.heads != t.kv_heads:
+        # transformers' sdpa_attention_forward calls repeat_kv (a copy of K and V at all heads)
+        # unless SDPA's enable_gqa can be used, which it is not when an attention mask is given
+        out.append(Term("teacher GQA K/V expanded", 2 * L * x.seq_len * t.q_dim * db, ("train.max_live_rows",),
+                        f"{t.heads} heads (KV has {t.kv_heads}), one layer"))
+    # one layer's SwiGLU on the chunk: gate, up and act(gate) * up alive together
+    out.append(Term("teacher layer transient", 3 * L * C * t.intermediate * db, ("train.chunk_size",),
+                    f"{L} rows x {C} positions, MLP"))
+    # pgopd.logprobs.teacher_pieces: the head's output (db), its fp32 copy and logsumexp's
+    # two fp32 temporaries (x - max, exp) over at most logprob_chunk positions at a time
+    n = min(L * C, x.logprob_chunk or L * C)
+    out.append(Term("teacher logits", n * t.vocab * (db + 12),
+                    ("train.logprob_chunk_tokens", "train.max_live_rows"), f"{n} positions at a time"))
     return out
 
 
@@ -315,17 +260,22 @@ def activation_bytes(x: PlanInputs) -> float:
     return T * (s.layers * s.act_bytes_per_token_layer(db) + final_norm)
 
 
+def logits_bytes_per_element(db: int) -> int:
+    """One logit of the LM-head chunk in backward (pgopd.logprobs: the chunk is recomputed):
+    the head's output (db), its fp32 copy (mixed precision only), logsumexp's backward
+    softmax and the fp32 gradient of the logits (4 + 4), that gradient cast back to db."""
+    return db + 8 + ((4 + db) if db < 4 else 0)
+
+
 def logits_bytes(x: PlanInputs) -> float:
-    """Logits of one log-prob chunk in backward (the chunk is recomputed there): the LM-head
-    output (db), its fp32 copy (mixed precision), the softmax and the logits' gradient (fp32)."""
-    db = x.dtype_bytes
-    return x.logits_chunk_tokens * x.student.vocab * (db + (4 if db < 4 else 0) + 8)
+    return x.logits_chunk_tokens * x.student.vocab * logits_bytes_per_element(x.dtype_bytes)
 
 
-def grad_transient_bytes(x: PlanInputs) -> float:
-    """A fresh gradient of the largest tensor (the embedding) while autograd adds it into the
-    accumulated one: micro-batches, LM-head chunks and a tied head all accumulate."""
-    return x.dtype_bytes * x.student.vocab * x.student.hidden
+def head_grad_bytes(x: PlanInputs) -> float:
+    """The LM head's weight gradient while backward runs: autograd's input buffer sums every
+    LM-head chunk's (and, tied, the embedding's) contribution before AccumulateGrad runs once,
+    so the running sum and one new contribution are alive together (2 x V x h)."""
+    return 2 * x.dtype_bytes * x.student.embedding
 
 
 def _update_terms(x: PlanInputs) -> list[Term]:
@@ -336,31 +286,56 @@ def _update_terms(x: PlanInputs) -> list[Term]:
     act_knobs = mb_knob + (() if x.gradient_checkpointing else ("train.gradient_checkpointing",))
     out = [Term("activations (one micro-batch)", activation_bytes(x), act_knobs,
                 f"{T} tokens" + (", checkpointed" if x.gradient_checkpointing else "")),
-           Term("gradient accumulation transient", grad_transient_bytes(x), (),
-                "a fresh embedding gradient being added")]
+           Term("LM-head gradient (sum + chunk)", head_grad_bytes(x), (), "2 x vocab x hidden")]
     logits = Term("log-prob logits (fwd+bwd)", logits_bytes(x), ("train.logprob_chunk_tokens",),
-                  f"{x.logits_chunk_tokens} positions x {x.student.vocab} vocab")
+                  f"{x.logits_chunk_tokens} positions x {x.student.vocab} vocab "
+                  f"x {logits_bytes_per_element(x.dtype_bytes)} B")
     recompute = T * x.student.act_bytes_per_token_layer(x.dtype_bytes) if x.gradient_checkpointing else 0
     if recompute > logits.bytes:
         out.append(Term("one layer's recompute", recompute, mb_knob,
                         f"{T} tokens (larger than the log-prob chunk's {logits.gib:.2f} GiB)"))
     else:
         out.append(logits)
+    if x.zero_stage == 2:  # stage_1_and_2.setup_buckets: allocated in each backward (contiguous_gradients)
+        out.append(Term("ZeRO-2 reduce bucket", x.dtype_bytes * x.reduce_bucket, (),
+                        f"reduce_bucket_size {x.reduce_bucket:.3g} elements"))
+    if x.zero_stage == 3:
+        out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (), "the head + one layer"))
     return out
 
 
 def _step_terms(x: PlanInputs) -> list[Term]:
+    """DeepSpeed's step under mixed precision makes an fp32 copy of the rank's gradient partition
+    (stage_1_and_2.step / stage3._prepare_fp32_grad_for_sub_group: ``.to(fp32)``), and torch's
+    AdamW one fp32 temporary of the partition (foreach: ``_foreach_sqrt(exp_avg_sq)``; on CPU the
+    single-tensor path makes the same ``denom`` of DeepSpeed's one flat tensor)."""
     shard = x.world if x.zero_stage >= 1 else 1
-    return [Term("optimizer step scratch", 4 * x.student.params / shard, ("train.zero_stage",) if x.zero_stage < 1 else (),
-                 "one fp32 buffer of the optimizer's partition")]
+    P = x.student.params
+    zk = ("train.zero_stage",) if x.zero_stage < 1 else ()
+    out = []
+    if x.dtype_bytes < 4:
+        out.append(Term("fp32 gradient partition", 4 * P / shard, zk, "the grads cast for the fp32 master"))
+    out.append(Term("AdamW temporary", 4 * P / shard, zk, "sqrt(v): one fp32 buffer of the partition"))
+    return out
 
 
-PHASES = ("rollout", "scoring", "update", "step")
+def _sync_terms(x: PlanInputs) -> list[Term]:
+    """train._full_named_params + VLLMEngine.update_weights: under ZeRO-3 every rank gathers
+    all student weights and clones them, then wakes vLLM (weights, then KV) while the clones
+    are held; under ZeRO 0-2 the tensors are views of the weights (nothing extra)."""
+    if x.backend != "vllm" or x.zero_stage != 3:
+        return []
+    full = x.dtype_bytes * x.student.params
+    return [Term("ZeRO-3 gathered weights (all)", full, ("train.zero_stage",), "GatheredParameters(all)"),
+            Term("weight clones for vLLM", full, ("train.zero_stage",), "p.detach().clone()")]
+
+
+PHASES = ("rollout", "scoring", "update", "step", "sync")
 
 
 def phases(x: PlanInputs) -> list[Phase]:
-    extra = {"rollout": _rollout_terms(x, False), "scoring": _rollout_terms(x, True),
-             "update": _update_terms(x), "step": _step_terms(x)}
+    extra = {"rollout": _rollout_terms(x), "scoring": _scoring_terms(x), "update": _update_terms(x),
+             "step": _step_terms(x), "sync": _sync_terms(x)}
     return [Phase(name, _resident(x, name) + extra[name]) for name in PHASES]
 
 
@@ -379,27 +354,29 @@ class Plan:
     def fits(self) -> bool:
         return all(p.bytes <= self.budget_bytes for p in self.phases)
 
+    def phase(self, name: str) -> Phase:
+        return next(p for p in self.phases if p.name == name)
+
     def problems(self) -> list[str]:
-        """One line per phase over budget, naming the knobs of its largest reducible terms."""
-        out = []
-        for p in self.phases:
-            if p.bytes <= self.budget_bytes:
-                continue
-            big = sorted((t for t in p.terms if t.knobs), key=lambda t: -t.bytes)
-            knobs = list(dict.fromkeys(k for t in big for k in t.knobs))
-            terms = ", ".join(f"{t.name} {t.gib:.1f}" for t in big[:3])
-            out.append(f"pair {self.pair}: phase {p.name} needs {p.gib:.1f} GiB per GPU, over "
-                       f"resources.train.gpu_mem_gb = {self.inputs.budget_gib:g} (largest: {terms} GiB); "
-                       f"change {', '.join(knobs) or 'resources.train.gpu_mem_gb'}")
-        return out
+        """One line per phase over budget, with advice computed per knob (pgopd.memadvice)."""
+        from .memadvice import advice, all_at_best, need_bytes
+
+        over = [p for p in self.phases if p.bytes > self.budget_bytes]
+        best = all_at_best(self.inputs)
+        # a phase no knob can fit makes knob advice for the others moot: report only those
+        hopeless = [p for p in over if need_bytes(best, p.name) > self.budget_bytes]
+        rest = [p.name for p in over if p not in hopeless]
+        return [f"pair {self.pair}: phase {p.name} needs {p.gib:.1f} GiB per GPU, over the budget of "
+                f"{self.inputs.budget_gib:.1f} GiB ({self.inputs.budget_name}); " + advice(self.inputs, p.name)
+                + (f" (also over: {', '.join(rest)})" if hopeless and rest and i == 0 else "")
+                for i, p in enumerate(hopeless or over)]
 
     def warnings(self) -> list[str]:
         """Not fatal: vLLM preempts and recomputes (slowly) when the live rows' KV does not fit."""
         x = self.inputs
         if x.backend != "vllm":
             return []
-        util = 0.9 if x.vllm_util is None else x.vllm_util
-        room = util * x.budget_gib * GIB - x.dtype_bytes * x.student.params - GIB  # ~1 GiB: graphs, buffers
+        room = x.util * x.budget_gib * GIB - x.dtype_bytes * x.student.params - GIB  # ~1 GiB: graphs, buffers
         need = x.live * x.seq_len * x.student.kv_bytes_per_token(x.dtype_bytes)
         if room >= need:
             return []
@@ -427,7 +404,7 @@ class Plan:
             for t in p.terms:
                 lines.append(f"  {p.name:<8} {t.name:<32} {t.gib:8.2f}  {t.note}")
             verdict = "ok" if p.bytes <= self.budget_bytes else "OVER"
-            lines.append(f"  {p.name:<8} {'= total':<32} {p.gib:8.2f}  of {x.budget_gib:g} GiB budget: {verdict}")
+            lines.append(f"  {p.name:<8} {'= total':<32} {p.gib:8.2f}  of {x.budget_gib:.1f} GiB budget: {verdict}")
         lines += [f"  warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
 
