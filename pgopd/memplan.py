@@ -28,6 +28,9 @@ from .memshapes import GIB, GPU_MODELS, KNOWN_CONFIGS, Shape, gpu_budget_gib, mo
 
 #: DeepSpeed's zero_optimization.reduce_bucket_size default (deepspeed/runtime/zero/config.py: 5e8)
 DS_REDUCE_BUCKET = 500_000_000
+#: DeepSpeed's stage3_max_live_parameters default (1e9): with max_reuse_distance also 1e9 by
+#: default, parameters reused within the step (checkpointed recompute) stay gathered up to it
+DS_MAX_LIVE_PARAMETERS = 1_000_000_000
 #: what a sleeping vLLM engine keeps (level-1 sleep frees weights and KV cache; its persistent
 #: sampler/input buffers and, with CUDA graphs, the graph pool stay): the ~0.3-1 GiB seen on GPUs
 #: (issue 21); an estimate until ``pgopd preflight`` measures it
@@ -156,16 +159,20 @@ class Phase:
         return self.bytes / GIB
 
 
-def student_state_terms(x: PlanInputs) -> list[Term]:
+def student_state_terms(x: PlanInputs, training: bool = True) -> list[Term]:
     """Weights, gradients and optimizer states (fp32 master + Adam m, v) under ZeRO stage s
     (ZeRO paper, Rajbhandari et al. 2020): stage >= 1 shards the optimizer states over the
     ranks, >= 2 the gradients, 3 the weights.  ZeRO-3 also holds its reduce bucket from the
-    start (deepspeed/runtime/zero/stage3.py: ``torch.empty(reduce_bucket_size)`` at init)."""
+    start (deepspeed/runtime/zero/stage3.py: ``torch.empty(reduce_bucket_size)`` at init).
+    ZeRO-2's gradient partition exists only from a backward to the step (stage_1_and_2:
+    ``grads_in_partition`` is allocated in backward and released after the step): it is a term
+    of the update and step phases only (``training``)."""
     P, db, W, s = x.student.params, x.dtype_bytes, x.world, x.zero_stage
     opt_bytes = (4 if db < 4 else 0) + 8      # a master copy only under mixed precision
     zk = () if s == 3 else ("train.zero_stage",)
     out = [Term("student weights", db * P / (W if s >= 3 else 1), zk, f"{P / 1e9:.2f}B params x {db} B"),
-           Term("student gradients", db * P / (W if s >= 2 else 1), zk if s < 2 else ()),
+           Term("student gradients", db * P / (W if s >= 2 else 1) if training or s != 2 else 0,
+                zk if s < 2 else (), "" if training or s != 2 else "ZeRO-2: only from backward to step"),
            Term("optimizer states", opt_bytes * P / (W if s >= 1 else 1), zk,
                 f"{opt_bytes} B/param" + (f", sharded over {W}" if s >= 1 and W > 1 else ""))]
     if s == 3:
@@ -183,7 +190,7 @@ def _resident(x: PlanInputs, phase: str) -> list[Term]:
     """What every phase holds: student states, the teacher (unless offloaded after the rollout),
     its KV kept from the rollout, vLLM (awake or asleep) and the runtime reserve."""
     training = phase in ("update", "step", "sync")
-    out = student_state_terms(x)
+    out = student_state_terms(x, phase in ("update", "step"))
     if not (training and x.teacher_offload):  # train.py moves the teacher to CPU after the rollout
         out.append(Term("teacher weights", x.teacher_dtype_bytes * x.teacher.params,
                         ("train.teacher_offload",) if training else (),
@@ -206,11 +213,11 @@ def _resident(x: PlanInputs, phase: str) -> list[Term]:
 
 
 def zero3_gathered_bytes(x: PlanInputs) -> float:
-    """ZeRO-3 full parameters alive while a module runs: the largest (the LM head / embedding,
-    gathered for each log-prob chunk) plus the next layer prefetched (stage3_prefetch_bucket_size
-    5e7 elements covers about one layer); small ones (< 1e5 elements, the norms) persist."""
-    s = x.student
-    return x.dtype_bytes * (s.embedding + s.layer_params)
+    """ZeRO-3 full parameters alive in forward/backward: DeepSpeed releases a module's
+    parameters only when they are not reused within max_reuse_distance (1e9) or when more than
+    stage3_max_live_parameters (1e9) are live, so with the defaults every parameter up to 1e9
+    elements stays gathered (bench/memory.json, ZeRO-3 cases ``layer`` and ``kv``)."""
+    return x.dtype_bytes * min(x.student.params, DS_MAX_LIVE_PARAMETERS)
 
 
 def _rollout_terms(x: PlanInputs) -> list[Term]:
@@ -224,7 +231,7 @@ def _rollout_terms(x: PlanInputs) -> list[Term]:
         out.append(Term("sampler logits", L * V * max(x.prompt_tokens * x.dtype_bytes, x.dtype_bytes + 16),
                         ("train.max_live_rows",), f"{L} rows x {x.prompt_tokens} prompt positions"))
         if x.zero_stage == 3:
-            out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (), "the head + one layer"))
+            out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (), "up to 1e9 parameters"))
     return out
 
 
@@ -240,13 +247,17 @@ def _scoring_terms(x: PlanInputs) -> list[Term]:
         # unless SDPA's enable_gqa can be used, which it is not when an attention mask is given
         out.append(Term("teacher GQA K/V expanded", 2 * L * x.seq_len * t.q_dim * db, ("train.max_live_rows",),
                         f"{t.heads} heads (KV has {t.kv_heads}), one layer"))
-    # one layer's SwiGLU on the chunk: gate, up and act(gate) * up alive together
-    out.append(Term("teacher layer transient", 3 * L * C * t.intermediate * db, ("train.chunk_size",),
-                    f"{L} rows x {C} positions, MLP"))
-    # pgopd.logprobs.teacher_pieces: the head's output (db), its fp32 copy and logsumexp's
-    # two fp32 temporaries (x - max, exp) over at most logprob_chunk positions at a time
+    # one layer's SwiGLU: gate, up and act(gate) * up alive together, over the chunk or, in the
+    # prefill, over the prompt (conservatively counted with the full-length KV)
+    n_mlp = max(C, x.prompt_tokens)
+    out.append(Term("teacher layer transient", 3 * L * n_mlp * t.intermediate * db, ("train.chunk_size",),
+                    f"{L} rows x {n_mlp} positions, MLP"))
+    # pgopd.logprobs.teacher_pieces: the fp32 copy of the head's output and logsumexp's two
+    # fp32 temporaries (x - max, exp(x - max)) over at most logprob_chunk positions at a time
+    # (the head's own db output is freed once copied; logsumexp exponentiates x - max in place:
+    # at::logsumexp's ``(self - maxes).exp_()``): 8 B per logit, measured in bench/memory.json
     n = min(L * C, x.logprob_chunk or L * C)
-    out.append(Term("teacher logits", n * t.vocab * (db + 12),
+    out.append(Term("teacher logits", n * t.vocab * max(db + 4, 8),
                     ("train.logprob_chunk_tokens", "train.max_live_rows"), f"{n} positions at a time"))
     return out
 
@@ -290,17 +301,25 @@ def _update_terms(x: PlanInputs) -> list[Term]:
     logits = Term("log-prob logits (fwd+bwd)", logits_bytes(x), ("train.logprob_chunk_tokens",),
                   f"{x.logits_chunk_tokens} positions x {x.student.vocab} vocab "
                   f"x {logits_bytes_per_element(x.dtype_bytes)} B")
-    recompute = T * x.student.act_bytes_per_token_layer(x.dtype_bytes) if x.gradient_checkpointing else 0
-    if recompute > logits.bytes:
-        out.append(Term("one layer's recompute", recompute, mb_knob,
-                        f"{T} tokens (larger than the log-prob chunk's {logits.gib:.2f} GiB)"))
+    s, db = x.student, x.dtype_bytes
+    # backward through one layer: the gradients of the SwiGLU's three intermediates (T x i each)
+    bwd = 3 * T * s.intermediate * db
+    recompute = T * s.act_bytes_per_token_layer(db) if x.gradient_checkpointing else 0
+    if recompute + bwd > logits.bytes:
+        out.append(Term("one layer's backward", recompute + bwd, mb_knob,
+                        f"{T} tokens: " + ("recomputed activations + " if recompute else "")
+                        + "MLP gradients (more than the log-prob chunk)"))
     else:
         out.append(logits)
+    if x.zero_stage >= 2:
+        # autograd makes a parameter's full gradient before ZeRO's hook copies it into the bucket
+        out.append(Term("one layer's full gradient", db * s.layer_params, (), "before the reduce hook"))
     if x.zero_stage == 2:  # stage_1_and_2.setup_buckets: allocated in each backward (contiguous_gradients)
         out.append(Term("ZeRO-2 reduce bucket", x.dtype_bytes * x.reduce_bucket, (),
                         f"reduce_bucket_size {x.reduce_bucket:.3g} elements"))
     if x.zero_stage == 3:
-        out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (), "the head + one layer"))
+        out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (),
+                        "every parameter up to stage3_max_live_parameters (1e9)"))
     return out
 
 
