@@ -106,9 +106,11 @@ def test_terms_scale_with_their_knobs():
     kv = _term(x, "scoring", "teacher KV (live rows)")
     assert kv == 32 * 8192 * 147_456
     assert _term(dataclasses.replace(x, live_rows=8), "scoring", "teacher KV (live rows)") == kv / 4
+    x = dataclasses.replace(x, micro_tokens=8192, gradient_checkpointing=True)  # the LM-head chunk binds
     lg = _term(dataclasses.replace(x, logprob_chunk=1024), "update", "log-prob logits (fwd+bwd)")
     assert lg == 1024 * 151_936 * (2 + 4 + 4 + 4 + 2)  # head out, fp32, softmax, fp32 grad, bf16 grad
     assert _term(dataclasses.replace(x, logprob_chunk=2048), "update", "log-prob logits (fwd+bwd)") == 2 * lg
+    x = dataclasses.replace(x, gradient_checkpointing=False)
     a1 = _term(dataclasses.replace(x, micro_tokens=8192), "update", "activations (one micro-batch)")
     a4 = _term(dataclasses.replace(x, micro_tokens=4 * 8192), "update", "activations (one micro-batch)")
     assert a4 == pytest.approx(4 * a1)

@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 GIB = 2 ** 30
 V = 151_936
 P_17B, P_8B, P_32B = 1_720_574_976, 8_190_735_360, 32_762_123_264   # published parameter counts
+LAYER_17B = 2048 * (2048 + 2 * 1024) + 2048 * 2048 + 3 * 2048 * 6144 + 2 * 2048 + 2 * 128  # 50,336,000
+# bytes one 1.7B layer saves per token in bf16: 2 RMSNorms (4 + 2 + 2 B x 2048), q/k norms (4 + 2 B
+# x (2048 + 1024)), roped q, k, v and attention output, the MLP's gate, up, act and product
+ACT_17B = 8 * 2 * 2048 + 6 * (2048 + 1024) + 2 * (2 * 2048 + 2 * 1024) + 8 * 6144
 KV_17B, KV_8B, KV_32B = 114_688, 147_456, 262_144                    # bytes per token, bf16
 H100 = 81_559 / 1024                                                  # GiB an H100 80 GB exposes
 
@@ -33,21 +37,29 @@ def _hand(W: int, stage: int, rows_live: int, seq: int, micro: int, util: float)
     """Per phase, per term, bytes of Qwen3-8B -> 1.7B (bf16, checkpointed, teacher offloaded,
     vLLM colocated, logprob chunk 1024, rollout chunk 256, 3 GiB reserve)."""
     shard = lambda s: W if stage >= s else 1  # noqa: E731
-    state = {"student weights": 2 * P_17B / shard(3), "student gradients": 2 * P_17B / shard(2),
-             "optimizer states": 12 * P_17B / shard(1), "runtime reserve": 3 * GIB}
+    state = {"student weights": 2 * P_17B / shard(3), "optimizer states": 12 * P_17B / shard(1),
+             "runtime reserve": 3 * GIB,  # ZeRO-2 grads exist from backward to step only
+             "student gradients": 2 * P_17B / shard(2) if stage != 2 else 0}
+    grads = {"student gradients": 2 * P_17B / shard(2)}
     if stage == 3:
         state["ZeRO-3 reduce bucket"] = 2 * 5e8
     kv = rows_live * seq * KV_8B
     vllm = util * H100 * GIB
     kept = {"teacher KV kept after rollout": kv}
-    update = {**state, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB,
+    update = {**state, **grads, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB,
               "activations (one micro-batch)": micro * (28 * 2 * 2048 + 8 * 2048),  # layer inputs + final norm
               "LM-head gradient (sum + chunk)": 2 * 2 * V * 2048,
-              "log-prob logits (fwd+bwd)": 1024 * V * 16}
+              "one layer's full gradient": 2 * LAYER_17B}
+    # the larger of the LM-head chunk (16 B per logit) and one layer's recompute + MLP gradients
+    layer_bwd, head_chunk = micro * (ACT_17B + 3 * 6144 * 2), 1024 * V * 16
+    if layer_bwd > head_chunk:
+        update["one layer's backward"] = layer_bwd
+    else:
+        update["log-prob logits (fwd+bwd)"] = head_chunk
     if stage == 2:
         update["ZeRO-2 reduce bucket"] = 2 * 5e8
-    else:  # the tied head (V x 2048) + one layer of ~50.3M parameters, bf16
-        update["ZeRO-3 gathered parameters"] = 2 * (V * 2048 + 50_338_816)
+    else:  # DeepSpeed's stage3_max_live_parameters: 1e9 elements stay gathered
+        update["ZeRO-3 gathered parameters"] = 2 * 1e9
     sync = {**state, **kept, "vLLM reservation": vllm}
     if stage == 3:
         sync.update({"ZeRO-3 gathered weights (all)": 2 * P_17B, "weight clones for vLLM": 2 * P_17B})
@@ -56,10 +68,10 @@ def _hand(W: int, stage: int, rows_live: int, seq: int, micro: int, util: float)
         "scoring": {**state, "teacher weights": 2 * P_8B, "vLLM reservation": vllm, "teacher KV (live rows)": kv,
                     "teacher KV growth (torch.cat)": kv / 36,
                     "teacher GQA K/V expanded": 2 * rows_live * seq * 32 * 128 * 2,
-                    "teacher layer transient": 3 * rows_live * 256 * 12288 * 2,
-                    "teacher logits": 1024 * V * 14},
+                    "teacher layer transient": 3 * rows_live * 1024 * 12288 * 2,  # the prompt's prefill
+                    "teacher logits": 1024 * V * 8},
         "update": update,
-        "step": {**state, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB,
+        "step": {**state, **grads, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB,
                  "fp32 gradient partition": 4 * P_17B / shard(1), "AdamW temporary": 4 * P_17B / shard(1)},
         "sync": sync,
     }
