@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .memplan import GIB, PlanInputs, phases
+from .memterms import GIB, PlanInputs, phases
 from .memshapes import GPU_MODELS
 
 MIN_LOGPROB_CHUNK = 128   # below this the LM-head calls dominate the update's time
