@@ -138,7 +138,7 @@ def child(spec: dict) -> dict:
     from pgopd.rollout.scorer import TeacherScorer
     from pgopd.update import Dist, accumulate
 
-    c, meter, out = CASES[spec["case"]], Meter(), {}
+    c, meter, out = spec["spec"], Meter(), {}
     rss0 = meter.rss()
     cfg = parse_dataclass(TrainConfig, {
         "loss": "topk_recipe", "loss_top_k": K, "max_tokens_per_micro_batch": 0, "bf16": True,
@@ -223,7 +223,7 @@ def measure(case: str, stage: int) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
                "PYTHONPATH": str(ROOT), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
-        procs.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps({"case": case, "stage": stage})],
+        procs.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps({"case": case, "stage": stage, "spec": CASES[case]})],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     ranks = []
     for p in procs:

@@ -189,3 +189,15 @@ def test_32b_teacher_on_80gb_names_no_impossible_knob():
     scoring = next(x for x in lines if "phase scoring" in x)
     assert "any one of these fits" not in scoring, scoring
     assert 2 * P_32B / GIB > 61
+
+
+def test_gpu_model_choices_and_help_follow_the_table():
+    f = C.TrainResources.__dataclass_fields__["gpu_model"]
+    assert set(f.metadata["choices"]) == set(M.GPU_MODELS)
+    for name, gib in M.GPU_MODELS.items():  # the help (and so the schema) quotes the table
+        assert f"{name} {gib:.1f}" in f.metadata["help"]
+    raw = paper_raw()
+    raw["resources"]["train"].update(gpu_model="H200-141")
+    assert _plan(raw, "qwen3_8b_to_1_7b").inputs.budget_gib == pytest.approx(140.4, abs=0.05)
+    raw["resources"]["train"]["gpu_mem_gb"] = 100  # given: it wins over the model
+    assert _plan(raw, "qwen3_8b_to_1_7b").inputs.budget_gib == 100
