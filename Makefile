@@ -27,7 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/rollout_bench.py
 
-# per-phase peak memory vs the memory plan (bf16, ZeRO-2/3, 2 processes on CPU, ~4.5 min on
+# per-phase peak memory vs the memory plan (bf16, ZeRO-2/3, 2 processes on CPU, ~4.5-8.5 min on
 # 2 cores): bench/memory.json; the update's flatness in sequences (fp32, ~4 min): bench/memory_sweep.json
 bench-memory: $(STAMP)
 	PYTHONPATH=. nice -n 10 $(PY) bench/memory.py --out bench/memory.json
