@@ -27,9 +27,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/rollout_bench.py
 
-# peak memory of the update vs the memory plan (CPU, ~4 min on 2 cores): bench/memory.json
+# per-phase peak memory vs the memory plan (bf16, ZeRO-2/3, 2 processes on CPU, ~4.5-8.5 min on
+# 2 cores): bench/memory.json; the update's flatness in sequences (fp32, ~4 min): bench/memory_sweep.json
 bench-memory: $(STAMP)
-	PYTHONPATH=. $(PY) bench/memory.py --out bench/memory.json
+	PYTHONPATH=. nice -n 10 $(PY) bench/memory.py --out bench/memory.json
+	PYTHONPATH=. nice -n 10 $(PY) bench/memory_sweep.py --out bench/memory_sweep.json
 
 clean-results:
 	rm -rf results .snakemake

@@ -1,28 +1,31 @@
-"""Peak memory of the update (``pgopd.update.apply_update``) on CPU, against the memory plan.
+"""Per-phase peak memory of one OPD step on CPU, bf16, DeepSpeed ZeRO-2 and ZeRO-3 over two
+processes (gloo), against the memory plan (``pgopd.memplan``): ``make bench-memory``.
 
-Real-shape Qwen3-architecture models with random weights: vocabulary 151,936, head_dim 128,
-GQA (4 query / 2 KV heads), 2 layers, a narrow hidden size; fp32, DeepSpeed ZeRO-0 on CPU,
-the paper's loss (topk_recipe, k = 16).  Every measurement is a fresh subprocess:
+Each case runs two fresh processes (ranks 0 and 1).  In each, VmHWM is reset
+(``/proc/self/clear_refs`` = 5) before a phase and read after it; a phase's *transient* is the
+peak minus the RSS just before it, and is compared with the plan's phase-specific terms:
 
-    rss0   VmRSS after the imports, before the model exists (the process's own baseline);
-    warm   one update on a single short sequence (creates the AdamW states);
-    reset  the peak (``echo 5 > /proc/self/clear_refs`` resets VmHWM);
-    peak   VmHWM over one ``apply_update`` of N sequences under the micro-batch budget.
+    state    RSS after the engine exists and one warm step ran, minus RSS after the imports
+             (plan: student weights + gradients + optimizer states [+ ZeRO-3 reduce bucket]);
+    update   ``pgopd.update.accumulate`` of one micro-batch (activations, LM-head chunk, the
+             head's gradient, ZeRO-2 reduce bucket / ZeRO-3 gathered parameters);
+    step     ``engine.step()`` (fp32 gradient partition, AdamW temporary);
+    sync     ``train._full_named_params`` (ZeRO-3: all weights gathered and cloned);
+    scoring  a bf16 teacher's ``TeacherScorer`` over the live rows to full length (its KV,
+             the KV growth, GQA's expanded K/V, one layer's MLP, one chunk of logits).
 
-``measured = peak - rss0`` is compared with the plan's prediction for the same shapes
-(``pgopd.memplan``, dtype_bytes 4: weights + gradients + Adam states + activations of one
-micro-batch + one log-prob chunk fwd+bwd).  glibc is told to mmap every block >= 64 KiB
-(``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave the RSS instead of staying cached.
-
-Two sweeps: (a) the number of sequences at a fixed micro-batch budget (memory must stay flat:
-max/min <= 1.15); (b) the micro-batch budget at a fixed number of sequences (memory grows
-roughly linearly).  Writes bench/memory.json; ``make bench-memory``.
+glibc is told to mmap every block >= 64 KiB so freed tensors leave the RSS.  On CPU only
+touched pages count, so the ZeRO reduce bucket is set below the parameter count (it fills),
+and torch's AdamW runs its foreach path (what CUDA uses).  Not measurable here: the vLLM
+reservation / sleep residue, the CUDA context and NCCL (plan terms kept out of the comparison).
+Nine cases per stage (:data:`CASES`) each make one or two plan terms a large share of a phase.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -31,29 +34,76 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 ** 2
 
-# the bench models: real vocabulary / head size / GQA, 2 narrow layers (tied, as Qwen3-1.7B)
-SHAPE = dict(vocab_size=151_936, hidden_size=128, intermediate_size=1024, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, head_dim=128, tie_word_embeddings=True,
-             model_type="qwen3")
-# long prompts, short responses: every token runs through the layers (activations), only the
-# 16 trained ones through the 151,936-wide LM head (which dominates the CPU time)
-PROMPT, RESPONSE, K = 112, 16, 16     # tokens per sequence = 128
-CHUNK = 64                            # train.logprob_chunk_tokens: every micro-batch fills one
-SWEEP_SEQS = dict(budget=512, n=(8, 16, 32, 64))
-SWEEP_BUDGET = dict(n=32, budget=(512, 1024, 2048, 4096))
+STUDENT = dict(vocab_size=32_768, hidden_size=256, intermediate_size=1024, num_hidden_layers=8,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)
+# a teacher whose GQA expansion and KV growth are a large share: 8 query heads per KV head, 2 layers
+TEACHER = dict(vocab_size=32_768, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+               num_attention_heads=8, num_key_value_heads=1, head_dim=64, tie_word_embeddings=False)
+K = 16                        # train.loss_top_k
+REDUCE_BUCKET = 2_000_000     # elements, < every bench model's parameter count (so it fills)
+# Every case: the student's update / step / sync (rows x (prompt + response) tokens, logprob
+# chunk, checkpointing) and a teacher scoring ``live`` rows of s_prompt + s_response tokens in
+# chunks of score_chunk (its LM head s_chunk positions at a time).  Each case makes one or two
+# plan terms the larger share of a phase, so that a wrong term shows (tests/test_memplan_bench.py).
+DEFAULT = dict(student={}, teacher={}, bucket=REDUCE_BUCKET, rows=4, prompt=64, response=64, chunk=64, gc=True,
+               live=4, s_prompt=64, s_response=64, score_chunk=64, s_chunk=64)
+CASES = {name: {**DEFAULT, **c} for name, c in {
+    # activations of 2,048 tokens without checkpointing
+    "act": dict(rows=8, prompt=192, response=64, chunk=128, gc=False, live=8, s_prompt=192, score_chunk=64,
+                s_chunk=128),
+    # one LM-head chunk of 1,024 positions (fwd+bwd); the teacher's logits likewise
+    "logits": dict(response=448, chunk=1024, s_response=448, score_chunk=256, s_chunk=1024),
+    # a wide vocabulary, a short micro-batch: the head's gradient (and ZeRO-3's gathered head)
+    "head": dict(student=dict(vocab_size=131_072, num_hidden_layers=2), rows=2, prompt=24, response=8, chunk=16,
+                 live=2, s_prompt=24, s_response=16, score_chunk=16, s_chunk=16),
+    # wide layers, a small vocabulary, 32 tokens: ZeRO-3's gathered layer, ZeRO-2's gradient partition
+    "layer": dict(student=dict(vocab_size=4096, intermediate_size=16_384, num_hidden_layers=2), rows=1, prompt=24,
+                  response=8, chunk=16, s_chunk=16),
+    # the same with a reduce bucket of 20M elements (ZeRO-2: in the update; ZeRO-3: held)
+    "bucket": dict(student=dict(vocab_size=4096, intermediate_size=16_384, num_hidden_layers=2), rows=1,
+                   prompt=24, response=8, chunk=16, s_chunk=16, bucket=20_000_000),
+    # wide layers, 1,024 checkpointed tokens: one layer's recompute in backward
+    "recompute": dict(student=dict(vocab_size=4096, intermediate_size=16_384, num_hidden_layers=2), rows=2,
+                      prompt=448, response=64, chunk=16, s_chunk=16),
+    # a one-layer MHA teacher at 2,048 tokens: its KV and the KV growth of torch.cat
+    "kv": dict(student=dict(vocab_size=4096), teacher=dict(num_hidden_layers=1, num_attention_heads=4,
+               num_key_value_heads=4, intermediate_size=256), live=16, s_prompt=64, s_response=1984, s_chunk=16),
+    # a one-layer GQA teacher (8 query heads per KV head): the expanded K and V
+    "gqa": dict(student=dict(vocab_size=4096), teacher=dict(num_hidden_layers=1, num_attention_heads=8,
+                num_key_value_heads=1, intermediate_size=256), live=16, s_prompt=64, s_response=1984, s_chunk=16),
+    # a one-layer teacher with a wide MLP and 256-token prompts: its prefill's MLP
+    "mlp": dict(student=dict(vocab_size=4096), teacher=dict(num_hidden_layers=1, num_attention_heads=1,
+                num_key_value_heads=1, intermediate_size=8192), live=8, s_prompt=256, s_response=64, s_chunk=16),
+}.items()}
 
 
 def _status(key: str) -> int:
-    """VmRSS / VmHWM of this process in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def _fake_rollout(n: int, prompt: int, response: int, k: int, vocab: int, seed: int):
-    """A RolloutResult of ``n`` kept candidates of ``response`` tokens, with teacher log-probs
-    and the student's top-k ids (what the rollout hands the update)."""
+class Meter:
+    """Transient of a phase: VmHWM over it minus VmRSS before it (after malloc_trim)."""
+
+    def __init__(self):
+        import ctypes
+
+        self.libc = ctypes.CDLL("libc.so.6")
+
+    def rss(self) -> int:
+        self.libc.malloc_trim(0)
+        return _status("VmRSS")
+
+    def __call__(self, fn):
+        base = self.rss()
+        Path("/proc/self/clear_refs").write_text("5")
+        out = fn()
+        return _status("VmHWM") - base, out
+
+
+def _rollout(n: int, prompt: int, response: int, vocab: int, seed: int):
     import torch
 
     from pgopd.rollout.loop import RolloutResult
@@ -62,148 +112,176 @@ def _fake_rollout(n: int, prompt: int, response: int, k: int, vocab: int, seed: 
     g = torch.Generator().manual_seed(seed)
     cands, prompts, s_topk, t_topk = [], [], [], []
     for i in range(n):
-        toks = torch.randint(2, vocab, (response,), generator=g)
-        c = Candidate(cid=i, group=i // 4, tokens=toks.tolist(),
-                      student_logp=(-torch.rand(response, generator=g) * 5).tolist(),
-                      teacher_logp=(-torch.rand(response, generator=g) * 5).tolist(),
-                      overlap=[0.5] * response, weights=[1.0] * response, finished=True)
-        cands.append(c)
+        cands.append(Candidate(cid=i, group=i, tokens=torch.randint(2, vocab, (response,), generator=g).tolist(),
+                               student_logp=[-1.0] * response, teacher_logp=[-1.0] * response,
+                               overlap=[0.5] * response, weights=[1.0] * response, finished=True))
         prompts.append(torch.randint(2, vocab, (prompt,), generator=g).tolist())
-        s_topk.append(torch.randint(2, vocab, (response, k), generator=g))
-        t_topk.append(-torch.rand((response, k), generator=g) * 5)
+        s_topk.append(torch.randint(2, vocab, (response, K), generator=g))
+        t_topk.append(-torch.rand((response, K), generator=g) * 5)
     return RolloutResult(cands=cands, prompts=prompts, student_topk_ids=s_topk, teacher_logp_topk=t_topk)
 
 
 def child(spec: dict) -> dict:
-    """One measurement (runs in its own process)."""
-    import ctypes
-
+    """One rank of one case (its own process)."""
     import torch
 
     torch.set_num_threads(1)
     from pgopd.config import TrainConfig, parse_dataclass
-    from pgopd.train import ds_config, init_distributed_env
+    from pgopd.train import _full_named_params, ds_config, init_distributed_env
 
     init_distributed_env()
     import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from pgopd.update import apply_update
+    from pgopd.rollout.scorer import TeacherScorer
+    from pgopd.update import Dist, accumulate
 
-    libc = ctypes.CDLL("libc.so.6")
-    rss0 = _status("VmRSS")
+    c, meter, out = spec["spec"], Meter(), {}
+    rss0 = meter.rss()
     cfg = parse_dataclass(TrainConfig, {
-        "loss": "topk_recipe", "loss_top_k": K, "max_tokens_per_micro_batch": spec["budget"],
-        "logprob_chunk_tokens": spec["chunk"], "gradient_checkpointing": spec["gc"], "lr": 1e-4}, "train")
+        "loss": "topk_recipe", "loss_top_k": K, "max_tokens_per_micro_batch": 0, "bf16": True,
+        "logprob_chunk_tokens": c["chunk"], "gradient_checkpointing": c["gc"], "lr": 1e-4,
+        "zero_stage": spec["stage"]}, "train")
+    ds = ds_config(cfg)
+    ds["zero_optimization"]["reduce_bucket_size"] = c["bucket"]
+    ds["optimizer"]["params"]["foreach"] = True   # the CUDA default path of torch's AdamW
     torch.manual_seed(0)
-    shape = {k: v for k, v in SHAPE.items() if k != "model_type"}
+    shape = {**STUDENT, **c["student"]}
     model = Qwen3ForCausalLM(Qwen3Config(**shape, max_position_embeddings=4096, pad_token_id=0, eos_token_id=1))
-    if spec["gc"]:
-        model.gradient_checkpointing_enable()
-    engine, *_ = deepspeed.initialize(model=model, config=ds_config(cfg), model_parameters=list(model.parameters()))
-    apply_update(engine, _fake_rollout(1, 4, 4, K, SHAPE["vocab_size"], 1), cfg, 0)  # AdamW states exist now
-    res = _fake_rollout(spec["n"], PROMPT, RESPONSE, K, SHAPE["vocab_size"], 2)
-    libc.malloc_trim(0)
-    rss1 = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    t0 = time.perf_counter()
-    m = apply_update(engine, res, cfg, 0)
-    dt = time.perf_counter() - t0
-    peak = _status("VmHWM")
-    return {"rss0": rss0, "rss_before_update": rss1, "peak": peak, "t_update_s": round(dt, 2),
-            "n_micro_batches": m["n_micro_batches"], "finite": m["finite"]}
+    if c["gc"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    engine, *_ = deepspeed.initialize(model=model, config=ds, model_parameters=list(model.parameters()))
+    del model
+    dist = Dist()
+    engine.module.train()
+    accumulate(engine, _rollout(1, 4, 4, shape["vocab_size"], 1), cfg, 0, dist)
+    engine.step()  # optimizer states exist now
+    out["state"] = meter.rss() - rss0
+    res = _rollout(c["rows"], c["prompt"], c["response"], shape["vocab_size"], 2 + dist.rank)
+    out["update"], acc = meter(lambda: accumulate(engine, res, cfg, 0, dist))
+    out["n_micro_batches"] = acc["n_micro_batches"]
+    out["step"], _ = meter(engine.step)
+    out["sync"], _ = meter(lambda: len(_full_named_params(engine, spec["stage"])))
+    # the teacher: plain bf16 module (no ZeRO), scoring the live rows chunk by chunk to full length
+    tshape = {**TEACHER, **c["teacher"], "vocab_size": shape["vocab_size"]}
+    teacher = Qwen3ForCausalLM(Qwen3Config(**tshape, max_position_embeddings=4096, pad_token_id=0,
+                                           eos_token_id=1)).to(torch.bfloat16).eval()
+    scorer = TeacherScorer(teacher, 0, topk=K, chunk_tokens=c["s_chunk"])
+    g = torch.Generator().manual_seed(3)
+
+    def score(live: int, prompt: int, n_chunks: int):
+        scorer.start([torch.randint(2, shape["vocab_size"], (prompt,), generator=g).tolist() for _ in range(live)])
+        for _ in range(n_chunks):
+            toks = torch.randint(2, shape["vocab_size"], (live, c["score_chunk"]), generator=g)
+            scorer.score(toks, torch.ones_like(toks, dtype=torch.bool))
+        scorer.kv = None  # drop the cache (the plan's "kept" term is not what this measures)
+
+    score(1, 4, 1)  # first calls (kernels, thread pools) outside the measurement
+    out["scoring"], _ = meter(lambda: score(c["live"], c["s_prompt"], c["s_response"] // c["score_chunk"]))
+    return out
 
 
-def predicted(spec: dict) -> dict:
-    """The plan's update phase for the bench shapes (fp32, ZeRO-0, one rank, no teacher)."""
+def predicted(case: str, stage: int, world: int = 2) -> dict:
+    """The plan's phase-specific terms for a case, in bytes, by phase and term."""
+    import dataclasses
+
     from pgopd import memplan as M
 
-    s = M.Shape.from_config(SHAPE)
-    x = M.PlanInputs(student=s, teacher=s, rows=spec["n"], prompt_tokens=PROMPT, max_new_tokens=RESPONSE,
-                     budget_gib=1e6, micro_tokens=spec["budget"], logprob_chunk=spec["chunk"], zero_stage=0,
-                     dtype_bytes=4, teacher_dtype_bytes=4, gradient_checkpointing=spec["gc"],
-                     teacher_offload=True)
-    ph = {p.name: p for p in M.phases(x)}
-    return {"update": ph["update"].bytes, "step": ph["step"].bytes,
-            "terms": {t.name: t.bytes for t in ph["update"].terms}}
+    c = CASES[case]
+    s = M.Shape.from_config({**STUDENT, **c["student"], "model_type": "qwen3"})
+    t = M.Shape.from_config({**TEACHER, **c["teacher"], "vocab_size": s.vocab, "model_type": "qwen3"})
+    x = M.PlanInputs(student=s, teacher=t, rows=c["rows"], prompt_tokens=c["prompt"], max_new_tokens=c["response"],
+                     budget_gib=1e6, world=world, rollout_chunk=c["score_chunk"], micro_tokens=0,
+                     logprob_chunk=c["chunk"], live_rows=c["live"], zero_stage=stage, dtype_bytes=2,
+                     teacher_dtype_bytes=2, gradient_checkpointing=c["gc"], teacher_offload=True,
+                     backend="vllm", reduce_bucket=c["bucket"], teacher_kv_kept=False)
+    # the teacher's own rows and lengths (the rollout's live rows at s_prompt + s_response)
+    sx = dataclasses.replace(x, rows=c["live"], prompt_tokens=c["s_prompt"], logprob_chunk=c["s_chunk"],
+                             max_new_tokens=c["s_response"] // c["score_chunk"] * c["score_chunk"])
+    # ZeRO-2's gradient partition appears in the backward (a transient of the update here)
+    grads = {"student gradients": 2 * s.params / world} if stage == 2 else {}
+    return {"state": {t.name: t.bytes for t in M.student_state_terms(x, training=False) if t.bytes},
+            "update": {**{t.name: t.bytes for t in M._update_terms(x)}, **grads},
+            "step": {t.name: t.bytes for t in M._step_terms(x)},
+            "sync": {t.name: t.bytes for t in M._sync_terms(x)},
+            "scoring": {t.name: t.bytes for t in M._scoring_terms(sx)}}
 
 
-def measure(spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536",
-           "MALLOC_TRIM_THRESHOLD_": "0", "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT))}
-    r = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                       env=env, timeout=900)
-    if r.returncode:
-        raise RuntimeError(f"measurement {spec} failed:\n{r.stderr[-3000:]}")
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    pred = predicted(spec)
-    got["measured"] = got["peak"] - got["rss0"]
-    got["predicted"] = max(pred["update"], pred["step"])
-    got["ratio"] = round(got["measured"] / got["predicted"], 3)
-    got["predicted_terms_mib"] = {k: round(v / MIB, 1) for k, v in pred["terms"].items()}
-    return {**spec, **got}
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def run(sweeps: dict, jobs: int = 2) -> dict:
-    """Every measurement of ``sweeps`` (``jobs`` processes at a time: VmHWM is per process)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    out = {"shape": SHAPE, "prompt_tokens": PROMPT, "response_tokens": RESPONSE, "loss_top_k": K,
-           "dtype": "float32", "zero_stage": 0, "threads_per_measurement": 1}
-    flat = [(name, spec) for name, specs in sweeps.items() for spec in specs]
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        results = list(pool.map(lambda ns: measure(ns[1]), flat))
-    for (name, _), row in zip(flat, results):
-        out.setdefault(name, []).append(row)
-        print(f"{name:>13}: n={row['n']:3d} budget={row['budget']:5d} gc={row['gc']!s:5} "
-              f"measured {row['measured'] / MIB:7.1f} MiB  plan {row['predicted'] / MIB:7.1f} MiB  "
-              f"ratio {row['ratio']:.2f}  (update {row['t_update_s']} s)", flush=True)
-    a = [r["measured"] for r in out.get("sequences", [])]
-    if a:
-        out["sequences_max_over_min"] = round(max(a) / min(a), 3)
-    b = out.get("budget", [])
-    if len(b) > 1:  # least-squares line through (budget, bytes): measured and planned slope, R^2
-        out["budget_fit"] = {key: _fit([r["budget"] for r in b], [r[key] for r in b])
-                             for key in ("measured", "predicted")}
-    return out
-
-
-def _fit(xs: list, ys: list) -> dict:
-    """Slope (bytes per micro-batch token) and R^2 of the least-squares line."""
-    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    ss = sum((y - my) ** 2 for y in ys)
-    res = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys))
-    return {"bytes_per_token": round(slope), "r2": round(1 - res / ss, 3) if ss else 1.0, "points": n}
+def measure(case: str, stage: int) -> dict:
+    """Both ranks of one case; per phase the larger transient of the two."""
+    port = _free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
+               "PYTHONPATH": str(ROOT), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
+        procs.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps({"case": case, "stage": stage, "spec": CASES[case]})],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    ranks = []
+    for p in procs:
+        so, se = p.communicate(timeout=900)
+        if p.returncode:
+            raise RuntimeError(f"case {case} ZeRO-{stage} failed:\n{se[-3000:]}")
+        ranks.append(json.loads(so.strip().splitlines()[-1]))
+    plan = predicted(case, stage)
+    row = {"case": case, "zero_stage": stage, "ranks": ranks, "phases": {}}
+    for ph, terms in plan.items():
+        meas = max(r[ph] for r in ranks)
+        pl = sum(terms.values())
+        row["phases"][ph] = {"measured": meas, "plan": pl, "ratio": round(meas / pl, 3) if pl else None,
+                             "plan_terms": terms}
+    return row
 
 
-def sweeps(quick: bool = False) -> dict:
-    """The full grid, or (quick: the test suite) two sizes of each sweep and no checkpointing."""
-    seqs = SWEEP_SEQS["n"][:2] if quick else SWEEP_SEQS["n"]
-    # quick: budgets 4x apart, so the activations' growth stands clear of the run-to-run noise
-    budgets = (SWEEP_BUDGET["budget"][0], SWEEP_BUDGET["budget"][2]) if quick else SWEEP_BUDGET["budget"]
-    n_b = SWEEP_BUDGET["n"]
-    out = {"sequences": [dict(n=n, budget=SWEEP_SEQS["budget"], chunk=CHUNK, gc=False) for n in seqs],
-           "budget": [dict(n=n_b, budget=b, chunk=CHUNK, gc=False) for b in budgets]}
-    if not quick:
-        out["checkpointing"] = [dict(n=n_b, budget=budgets[-1], chunk=CHUNK, gc=True)]
-    return out
+def state_delta(big: dict, small: dict, stage: int) -> dict | None:
+    """The student state of two cases' models, as a difference: the process's own growth
+    (libraries loaded, allocator arenas: ~110-130 MiB here) cancels; plan terms likewise."""
+    a, b = big["phases"]["state"], small["phases"]["state"]
+    terms = {k: v - b["plan_terms"].get(k, 0) for k, v in a["plan_terms"].items()}
+    meas, pl = a["measured"] - b["measured"], sum(terms.values())
+    if not pl:
+        return None
+    return {"zero_stage": stage, "cases": [big["case"], small["case"]], "measured": meas, "plan": pl,
+            "ratio": round(meas / pl, 3), "plan_terms": terms}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "memory.json")
-    ap.add_argument("--quick", action="store_true", help="two points per sweep (the test suite)")
-    ap.add_argument("--jobs", type=int, default=2, help="measurements at a time (default 2)")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--stages", default="2,3")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         print(json.dumps(child(json.loads(a.child))))
         return 0
     t0 = time.perf_counter()
-    out = run(sweeps(a.quick), a.jobs)
-    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    rows, deltas = [], []
+    for stage in map(int, a.stages.split(",")):
+        by_case = {}
+        for case in a.cases.split(","):
+            row = by_case[case] = measure(case, stage)
+            rows.append(row)
+            for ph, v in row["phases"].items():
+                print(f"ZeRO-{stage} {case:>6} {ph:>8}: measured {v['measured'] / MIB:8.1f} MiB  plan "
+                      f"{v['plan'] / MIB:8.1f} MiB  ratio {v['ratio']}", flush=True)
+        for big, small in (("head", "act"), ("bucket", "layer")):
+            if {big, small} <= set(by_case) and (d := state_delta(by_case[big], by_case[small], stage)):
+                deltas.append(d)
+                print(f"ZeRO-{stage} state {big} - {small}: measured {d['measured'] / MIB:.1f} MiB  plan "
+                      f"{d['plan'] / MIB:.1f} MiB  ratio {d['ratio']}", flush=True)
+    out = {"student": STUDENT, "teacher": TEACHER, "cases": CASES,
+           "dtype": "bfloat16", "world": 2, "threads_per_process": 1, "rows": rows,
+           "state_delta": deltas,
+           "wall_s": round(time.perf_counter() - t0, 1)}
     a.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {a.out} ({out['wall_s']} s)")
     return 0

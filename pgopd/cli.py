@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="Print the JSON schema of the whole config (workflow/schemas/).")
 
     p = sub.add_parser("plan", help="The memory plan: GiB per GPU of each phase of a training step "
-                       "(rollout, teacher scoring, update, optimizer step) against resources.train.gpu_mem_gb; "
-                       "exits 1 naming the knobs to change when a phase does not fit.")
+                       "(rollout, teacher scoring, update, optimizer step, weight sync) against the GPU's memory "
+                       "(resources.train.gpu_model or gpu_mem_gb); exits 1 with computed advice (the knobs "
+                       "that would make a phase fit, or the minimum and structural options) when one does not.")
     p.add_argument("--configfile", required=True, type=Path, help="the workflow config (YAML)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--reserve-gb", type=float, default=3.0,

@@ -326,8 +326,12 @@ class RuleResources:
 @dataclass
 class TrainResources(RuleResources):
     """The train rule's resources, plus what the memory plan (``pgopd plan``) checks against."""
-    gpu_mem_gb: float = opt(80.0, "memory of one GPU in GiB: the budget of the memory plan, checked "
-                            "when the workflow loads if gpu > 0 (`pgopd plan` prints it)", min=1.0)
+    gpu_model: str = opt("H100-80", "GPU model of the train jobs: the memory plan's budget per GPU "
+                         "(`pgopd plan`; checked when the workflow loads if gpu > 0) is the memory it exposes, "
+                         "in GiB: A100-40 40.0, A100-80 80.0, H100-80 79.6, H200-141 140.4, B200-180 179.1",
+                         choices=("A100-40", "A100-80", "H100-80", "H200-141", "B200-180"))
+    gpu_mem_gb: Optional[float] = opt(None, "instead of gpu_model: GiB one GPU exposes (nvidia-smi's "
+                                      "memory.total / 1024; an H100 '80 GB' is 79.6)", min=1.0)
     plan_prompt_tokens: int = opt(1024, "longest prompt (tokens) the memory plan assumes", min=1)
 
 

@@ -266,7 +266,7 @@ def rule_resources(cfg: Config, rule: str) -> dict:
     """Scheduler resources of one job of ``rule`` (gpu, cpus_per_task, mem_mb, runtime, nodes)."""
     out = C.to_dict(getattr(cfg.resources, rule))
     out.pop("launcher", None)  # how train starts its processes, not a scheduler resource
-    for k in ("gpu_mem_gb", "plan_prompt_tokens"):  # the memory plan's inputs, not resources either
+    for k in ("gpu_model", "gpu_mem_gb", "plan_prompt_tokens"):  # the memory plan's inputs, not resources either
         out.pop(k, None)
     return out
 

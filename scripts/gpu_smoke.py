@@ -207,7 +207,7 @@ def planned(cfg, teacher_cfg: dict, student_cfg: dict, prompt_tokens: int) -> di
                      teacher_dtype_bytes=2 if cfg.bf16 else 4, gradient_checkpointing=cfg.gradient_checkpointing,
                      teacher_offload=cfg.teacher_offload, backend="hf")
     names = {"rollout": "sampling", "scoring": "scoring", "update": "update", "step": "step"}
-    return {names[p.name]: round(p.gib, 3) for p in M.phases(x)}
+    return {names[p.name]: round(p.gib, 3) for p in M.phases(x) if p.name in names}  # (no vLLM: no sync)
 
 
 def main(argv=None) -> int:

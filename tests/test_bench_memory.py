@@ -1,4 +1,4 @@
-"""bench/memory.py, quick grid: peak RSS of the update (fresh process per point) against the
+"""bench/memory_sweep.py, quick grid: peak RSS of the update (fresh process per point) against the
 memory plan for the same Qwen3 shapes (fp32 on CPU)."""
 import json
 import subprocess
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_update_memory_is_flat_in_sequences_grows_with_budget_and_matches_the_plan(tmp_path):
     out = tmp_path / "memory.json"
-    r = subprocess.run([sys.executable, str(ROOT / "bench/memory.py"), "--quick", "--out", str(out)],
+    r = subprocess.run([sys.executable, str(ROOT / "bench/memory_sweep.py"), "--quick", "--out", str(out)],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(out.read_text())

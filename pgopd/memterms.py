@@ -1,0 +1,306 @@
+"""The terms of the memory plan: per phase of one training step, what one GPU holds, in bytes.
+
+Pure arithmetic (no torch).  Each term names its source in a comment; ``pgopd.memplan`` turns
+a config into :class:`PlanInputs` and the phases into a :class:`~pgopd.memplan.Plan`; the phase
+list and the checks against measurement are described there and in docs/memory.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .memshapes import GIB, Shape
+
+#: DeepSpeed's zero_optimization.reduce_bucket_size default (deepspeed/runtime/zero/config.py: 5e8)
+DS_REDUCE_BUCKET = 500_000_000
+#: DeepSpeed's stage3_max_live_parameters default (1e9): with max_reuse_distance also 1e9 by
+#: default, parameters reused within the step (checkpointed recompute) stay gathered up to it
+DS_MAX_LIVE_PARAMETERS = 1_000_000_000
+#: what a sleeping vLLM engine keeps (level-1 sleep frees weights and KV cache; its persistent
+#: sampler/input buffers and, with CUDA graphs, the graph pool stay): the ~0.3-1 GiB seen on GPUs
+#: (issue 21); an estimate until ``pgopd preflight`` measures it
+VLLM_ASLEEP_GIB = {True: 1.0, False: 0.3}   # keyed by "CUDA graphs on"
+#: vLLM's default gpu_memory_utilization
+VLLM_DEFAULT_UTIL = 0.9
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything the arithmetic reads; :func:`inputs_from_config` fills it from a config."""
+    student: Shape
+    teacher: Shape
+    rows: int                        # rollout rows of this rank per step (prompts x n_samples)
+    prompt_tokens: int
+    max_new_tokens: int
+    budget_gib: float                # GiB one GPU exposes
+    world: int = 1                   # data-parallel ranks (ZeRO shards over them)
+    rollout_chunk: int = 256         # train.chunk_size: positions the teacher scores at once
+    micro_tokens: int = 0            # train.max_tokens_per_micro_batch (0 = every row at once)
+    logprob_chunk: int = 0           # train.logprob_chunk_tokens (0 = every position at once)
+    live_rows: int = 0               # train.max_live_rows (0 = every row of the rank)
+    zero_stage: int = 0
+    dtype_bytes: int = 2             # student weights/activations: 2 (bf16) or 4 (fp32)
+    teacher_dtype_bytes: int = 2
+    gradient_checkpointing: bool = False
+    teacher_offload: bool = False
+    backend: str = "hf"              # rollout backend: hf | vllm
+    vllm_mode: str = "separate"
+    vllm_util: float | None = None   # None: vLLM's default, 0.9
+    vllm_graphs: bool = True         # CUDA graphs (enforce_eager false / auto on GPU)
+    reserve_gib: float = 0.0         # CUDA context, NCCL buffers, allocator fragmentation
+    budget_name: str = "budget"      # where budget_gib came from, for messages
+    reduce_bucket: int = DS_REDUCE_BUCKET  # DeepSpeed reduce_bucket_size (elements)
+    # the scorer keeps the last row group's teacher KV after the rollout (TeacherScorer.kv
+    # lives until the next start(); true of pgopd/train.py on 2026-12-05)
+    teacher_kv_kept: bool = True
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_tokens + self.max_new_tokens
+
+    @property
+    def live(self) -> int:
+        return min(self.live_rows or self.rows, self.rows)
+
+    @property
+    def micro_batch_tokens(self) -> int:
+        """Tokens of the largest micro-batch: whole sequences (worst case all at full length)
+        up to the budget, at least one sequence."""
+        total = self.rows * self.seq_len
+        if not self.micro_tokens:
+            return total
+        return min(total, max(1, self.micro_tokens // self.seq_len) * self.seq_len)
+
+    @property
+    def logits_chunk_tokens(self) -> int:
+        return min(self.logprob_chunk or self.micro_batch_tokens, self.micro_batch_tokens)
+
+    @property
+    def util(self) -> float:
+        return VLLM_DEFAULT_UTIL if self.vllm_util is None else self.vllm_util
+
+
+# ----------------------------------------------------------------------------- phases
+@dataclass
+class Term:
+    name: str
+    bytes: float
+    knobs: tuple = ()     # config keys that shrink this term
+    note: str = ""
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / GIB
+
+
+@dataclass
+class Phase:
+    name: str
+    terms: list = field(default_factory=list)
+
+    @property
+    def bytes(self) -> float:
+        return sum(t.bytes for t in self.terms)
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / GIB
+
+
+def student_state_terms(x: PlanInputs, training: bool = True) -> list[Term]:
+    """Weights, gradients and optimizer states (fp32 master + Adam m, v) under ZeRO stage s
+    (ZeRO paper, Rajbhandari et al. 2020): stage >= 1 shards the optimizer states over the
+    ranks, >= 2 the gradients, 3 the weights.  ZeRO-3 also holds its reduce bucket from the
+    start (deepspeed/runtime/zero/stage3.py: ``torch.empty(reduce_bucket_size)`` at init).
+    ZeRO-2's gradient partition exists only from a backward to the step (stage_1_and_2:
+    ``grads_in_partition`` is allocated in backward and released after the step): it is a term
+    of the update and step phases only (``training``)."""
+    P, db, W, s = x.student.params, x.dtype_bytes, x.world, x.zero_stage
+    opt_bytes = (4 if db < 4 else 0) + 8      # a master copy only under mixed precision
+    zk = () if s == 3 else ("train.zero_stage",)
+    out = [Term("student weights", db * P / (W if s >= 3 else 1), zk, f"{P / 1e9:.2f}B params x {db} B"),
+           Term("student gradients", db * P / (W if s >= 2 else 1) if training or s != 2 else 0,
+                zk if s < 2 else (), "" if training or s != 2 else "ZeRO-2: only from backward to step"),
+           Term("optimizer states", opt_bytes * P / (W if s >= 1 else 1), zk,
+                f"{opt_bytes} B/param" + (f", sharded over {W}" if s >= 1 and W > 1 else ""))]
+    if s == 3:
+        out.append(Term("ZeRO-3 reduce bucket", db * x.reduce_bucket, (),
+                        f"reduce_bucket_size {x.reduce_bucket:.3g} elements, held from init"))
+    return out
+
+
+def teacher_kv_bytes(x: PlanInputs) -> float:
+    """K and V of every teacher layer for the live rows at full length."""
+    return x.live * x.seq_len * x.teacher.kv_bytes_per_token(x.teacher_dtype_bytes)
+
+
+def _resident(x: PlanInputs, phase: str) -> list[Term]:
+    """What every phase holds: student states, the teacher (unless offloaded after the rollout),
+    its KV kept from the rollout, vLLM (awake or asleep) and the runtime reserve."""
+    training = phase in ("update", "step", "sync")
+    out = student_state_terms(x, phase in ("update", "step"))
+    if not (training and x.teacher_offload):  # train.py moves the teacher to CPU after the rollout
+        out.append(Term("teacher weights", x.teacher_dtype_bytes * x.teacher.params,
+                        ("train.teacher_offload",) if training else (),
+                        f"{x.teacher.params / 1e9:.2f}B params x {x.teacher_dtype_bytes} B"))
+    if training and x.teacher_kv_kept:  # .to("cpu") moves parameters, not the scorer's cache
+        out.append(Term("teacher KV kept after rollout", teacher_kv_bytes(x), ("train.max_live_rows",),
+                        "the last row group's cache (TeacherScorer.kv)"))
+    if x.backend == "vllm":
+        asleep = phase in ("update", "step") and x.vllm_mode == "colocate"
+        if asleep:
+            out.append(Term("vLLM asleep (buffers, graphs)", VLLM_ASLEEP_GIB[x.vllm_graphs] * GIB, (),
+                            "estimate; level-1 sleep keeps persistent buffers and CUDA graphs"))
+        else:
+            knobs = ("train.vllm.mode",) if phase in ("update", "step") else ("train.vllm.gpu_memory_utilization",)
+            out.append(Term("vLLM reservation", x.util * x.budget_gib * GIB, knobs,
+                            f"gpu_memory_utilization {x.util} x {x.budget_gib:.1f} GiB"))
+    if x.reserve_gib:
+        out.append(Term("runtime reserve", x.reserve_gib * GIB, (), "CUDA context, NCCL, fragmentation"))
+    return out
+
+
+def zero3_gathered_bytes(x: PlanInputs) -> float:
+    """ZeRO-3 full parameters alive in forward/backward: DeepSpeed releases a module's
+    parameters only when they are not reused within max_reuse_distance (1e9) or when more than
+    stage3_max_live_parameters (1e9) are live, so with the defaults every parameter up to 1e9
+    elements stays gathered (bench/memory.json, ZeRO-3 cases ``layer`` and ``kv``)."""
+    return x.dtype_bytes * min(x.student.params, DS_MAX_LIVE_PARAMETERS)
+
+
+def _rollout_terms(x: PlanInputs) -> list[Term]:
+    s, V, L = x.student, x.student.vocab, x.live
+    out = [Term("teacher KV (live rows)", teacher_kv_bytes(x), ("train.max_live_rows",),
+                f"{L} rows x {x.seq_len} tokens")]
+    if x.backend == "hf":  # vLLM's KV lives inside its reservation
+        out.append(Term("student KV (live rows)", L * x.seq_len * s.kv_bytes_per_token(x.dtype_bytes),
+                        ("train.max_live_rows",), f"{L} rows x {x.seq_len} tokens"))
+        # the prefill's logits cover every prompt position, then one fp32 row per live row
+        out.append(Term("sampler logits", L * V * max(x.prompt_tokens * x.dtype_bytes, x.dtype_bytes + 16),
+                        ("train.max_live_rows",), f"{L} rows x {x.prompt_tokens} prompt positions"))
+        if x.zero_stage == 3:
+            out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (), "up to 1e9 parameters"))
+    return out
+
+
+def _scoring_terms(x: PlanInputs) -> list[Term]:
+    """The teacher's forward of one chunk of C positions for the live rows at full length."""
+    t, L, db, C = x.teacher, x.live, x.teacher_dtype_bytes, x.rollout_chunk
+    kv = teacher_kv_bytes(x)
+    out = [Term("teacher KV (live rows)", kv, ("train.max_live_rows",), f"{L} rows x {x.seq_len} tokens"),
+           # transformers' DynamicLayer.update: keys = torch.cat([keys, new]): old + new of one layer
+           Term("teacher KV growth (torch.cat)", kv / t.layers, ("train.max_live_rows",), "one layer's K and V")]
+    if t.heads != t.kv_heads:
+        # transformers' sdpa_attention_forward calls repeat_kv (a copy of K and V at all heads)
+        # unless SDPA's enable_gqa can be used, which it is not when an attention mask is given
+        out.append(Term("teacher GQA K/V expanded", 2 * L * x.seq_len * t.q_dim * db, ("train.max_live_rows",),
+                        f"{t.heads} heads (KV has {t.kv_heads}), one layer"))
+    # one layer's SwiGLU: gate, up and act(gate) * up alive together, over the chunk or, in the
+    # prefill, over the prompt (conservatively counted with the full-length KV)
+    n_mlp = max(C, x.prompt_tokens)
+    out.append(Term("teacher layer transient", 3 * L * n_mlp * t.intermediate * db, ("train.chunk_size",),
+                    f"{L} rows x {n_mlp} positions, MLP"))
+    # pgopd.logprobs.teacher_pieces: the fp32 copy of the head's output and logsumexp's two
+    # fp32 temporaries (x - max, exp(x - max)) over at most logprob_chunk positions at a time
+    # (the head's own db output is freed once copied; logsumexp exponentiates x - max in place:
+    # at::logsumexp's ``(self - maxes).exp_()``): 8 B per logit, measured in bench/memory.json
+    n = min(L * C, x.logprob_chunk or L * C)
+    out.append(Term("teacher logits", n * t.vocab * max(db + 4, 8),
+                    ("train.logprob_chunk_tokens", "train.max_live_rows"), f"{n} positions at a time"))
+    return out
+
+
+def activation_bytes(x: PlanInputs) -> float:
+    """Activations one micro-batch keeps for backward once its forward is done."""
+    s, db, T = x.student, x.dtype_bytes, x.micro_batch_tokens
+    final_norm = (4 + 2 * db) * s.hidden  # the last RMSNorm, whose output feeds the LM head
+    if x.gradient_checkpointing:  # only each layer's input
+        return T * (s.layers * db * s.hidden + final_norm)
+    return T * (s.layers * s.act_bytes_per_token_layer(db) + final_norm)
+
+
+def logits_bytes_per_element(db: int) -> int:
+    """One logit of the LM-head chunk in backward (pgopd.logprobs: the chunk is recomputed):
+    the head's output (db), its fp32 copy (mixed precision only), logsumexp's backward
+    softmax and the fp32 gradient of the logits (4 + 4), that gradient cast back to db."""
+    return db + 8 + ((4 + db) if db < 4 else 0)
+
+
+def logits_bytes(x: PlanInputs) -> float:
+    return x.logits_chunk_tokens * x.student.vocab * logits_bytes_per_element(x.dtype_bytes)
+
+
+def head_grad_bytes(x: PlanInputs) -> float:
+    """The LM head's weight gradient while backward runs: autograd's input buffer sums every
+    LM-head chunk's (and, tied, the embedding's) contribution before AccumulateGrad runs once,
+    so the running sum and one new contribution are alive together (2 x V x h)."""
+    return 2 * x.dtype_bytes * x.student.embedding
+
+
+def _update_terms(x: PlanInputs) -> list[Term]:
+    """Kept activations plus the larger transient of backward: the LM-head chunk (first, while
+    every kept activation is alive) or, with checkpointing, one layer's recomputed activations."""
+    T = x.micro_batch_tokens
+    mb_knob = ("train.max_tokens_per_micro_batch",)
+    act_knobs = mb_knob + (() if x.gradient_checkpointing else ("train.gradient_checkpointing",))
+    out = [Term("activations (one micro-batch)", activation_bytes(x), act_knobs,
+                f"{T} tokens" + (", checkpointed" if x.gradient_checkpointing else "")),
+           Term("LM-head gradient (sum + chunk)", head_grad_bytes(x), (), "2 x vocab x hidden")]
+    logits = Term("log-prob logits (fwd+bwd)", logits_bytes(x), ("train.logprob_chunk_tokens",),
+                  f"{x.logits_chunk_tokens} positions x {x.student.vocab} vocab "
+                  f"x {logits_bytes_per_element(x.dtype_bytes)} B")
+    s, db = x.student, x.dtype_bytes
+    # backward through one layer: the gradients of the SwiGLU's three intermediates (T x i each)
+    bwd = 3 * T * s.intermediate * db
+    recompute = T * s.act_bytes_per_token_layer(db) if x.gradient_checkpointing else 0
+    if recompute + bwd > logits.bytes:
+        out.append(Term("one layer's backward", recompute + bwd, mb_knob,
+                        f"{T} tokens: " + ("recomputed activations + " if recompute else "")
+                        + "MLP gradients (more than the log-prob chunk)"))
+    else:
+        out.append(logits)
+    if x.zero_stage >= 2:
+        # autograd makes a parameter's full gradient before ZeRO's hook copies it into the bucket
+        out.append(Term("one layer's full gradient", db * s.layer_params, (), "before the reduce hook"))
+    if x.zero_stage == 2:  # stage_1_and_2.setup_buckets: allocated in each backward (contiguous_gradients)
+        out.append(Term("ZeRO-2 reduce bucket", x.dtype_bytes * x.reduce_bucket, (),
+                        f"reduce_bucket_size {x.reduce_bucket:.3g} elements"))
+    if x.zero_stage == 3:
+        out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (),
+                        "every parameter up to stage3_max_live_parameters (1e9)"))
+    return out
+
+
+def _step_terms(x: PlanInputs) -> list[Term]:
+    """DeepSpeed's step under mixed precision makes an fp32 copy of the rank's gradient partition
+    (stage_1_and_2.step / stage3._prepare_fp32_grad_for_sub_group: ``.to(fp32)``), and torch's
+    AdamW one fp32 temporary of the partition (foreach: ``_foreach_sqrt(exp_avg_sq)``; on CPU the
+    single-tensor path makes the same ``denom`` of DeepSpeed's one flat tensor)."""
+    shard = x.world if x.zero_stage >= 1 else 1
+    P = x.student.params
+    zk = ("train.zero_stage",) if x.zero_stage < 1 else ()
+    out = []
+    if x.dtype_bytes < 4:
+        out.append(Term("fp32 gradient partition", 4 * P / shard, zk, "the grads cast for the fp32 master"))
+    out.append(Term("AdamW temporary", 4 * P / shard, zk, "sqrt(v): one fp32 buffer of the partition"))
+    return out
+
+
+def _sync_terms(x: PlanInputs) -> list[Term]:
+    """train._full_named_params + VLLMEngine.update_weights: under ZeRO-3 every rank gathers
+    all student weights and clones them, then wakes vLLM (weights, then KV) while the clones
+    are held; under ZeRO 0-2 the tensors are views of the weights (nothing extra)."""
+    if x.backend != "vllm" or x.zero_stage != 3:
+        return []
+    full = x.dtype_bytes * x.student.params
+    return [Term("ZeRO-3 gathered weights (all)", full, ("train.zero_stage",), "GatheredParameters(all)"),
+            Term("weight clones for vLLM", full, ("train.zero_stage",), "p.detach().clone()")]
+
+
+PHASES = ("rollout", "scoring", "update", "step", "sync")
+
+
+def phases(x: PlanInputs) -> list[Phase]:
+    extra = {"rollout": _rollout_terms(x), "scoring": _scoring_terms(x), "update": _update_terms(x),
+             "step": _step_terms(x), "sync": _sync_terms(x)}
+    return [Phase(name, _resident(x, name) + extra[name]) for name in PHASES]
