@@ -37,6 +37,23 @@ from .loss import opd_pg_loss, topk_recipe_loss, topk_renorm_loss
 from .rollout.loop import RolloutResult
 
 
+def collective_device(td) -> torch.device:
+    """The device whose tensors the default process group's collectives accept.
+
+    DeepSpeed initialises torch.distributed with NCCL alone on GPUs, which rejects CPU
+    tensors ("No backend type associated with device type cpu"); gloo (CPU runs) takes
+    CPU tensors.  Read from the group's registered device types, else from its backend name."""
+    types = {d.type for d in getattr(td.group.WORLD, "_device_types", None) or []}
+    if not types:
+        types = {"cuda"} if "nccl" in str(td.get_backend()).lower() else {"cpu"}
+    if "cpu" in types:
+        return torch.device("cpu")
+    kind = "cuda" if "cuda" in types else sorted(types)[0]
+    if kind == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(kind)
+
+
 class Dist:
     """Rank / world size and the few collectives training needs (no-ops on one process)."""
 
@@ -46,11 +63,12 @@ class Dist:
         self.td = td if td.is_available() and td.is_initialized() else None
         self.rank = self.td.get_rank() if self.td else 0
         self.world = self.td.get_world_size() if self.td else 1
+        self.device = collective_device(self.td) if self.td else torch.device("cpu")
 
     def sum(self, *xs: float) -> list[float]:
         if not self.td:
             return list(xs)
-        t = torch.tensor(xs, dtype=torch.float64)
+        t = torch.tensor(xs, dtype=torch.float64, device=self.device)
         self.td.all_reduce(t)
         return t.tolist()
 

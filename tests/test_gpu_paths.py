@@ -1,0 +1,115 @@
+"""What would break on a GPU, caught on CPU (issue 19): collectives on the backend's device,
+KV caches and engines released, prefill logits of one position, tied-embedding names.
+
+Each test fails on the code before the fix (1b3f84c) and needs no GPU."""
+import gc
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
+
+from pgopd.config import TrainConfig, parse_dataclass
+from pgopd.policies import make_policy
+from pgopd.rollout.hf import HFSampler
+from pgopd.rollout.kv import KVBatch
+from pgopd.rollout.loop import rollout
+from pgopd.rollout.scorer import TeacherScorer
+
+V, PAD, EOS = 40, 0, 1
+
+
+def _tiny(seed, layers=1):
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True, pad_token_id=PAD, eos_token_id=EOS)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def _reachable(root, kinds, stop=(torch.nn.Module,)):
+    """Objects of ``kinds`` reachable from ``root`` through references, not entering
+    ``stop`` objects (the models hold their weights legitimately)."""
+    seen, todo, found = set(), [root], []
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or (obj is not root and isinstance(obj, stop)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, kinds):
+            found.append(obj)
+        if isinstance(obj, (type, type(sys))):  # classes and modules: not per-rollout state
+            continue
+        todo.extend(gc.get_referents(obj))
+    return found
+
+
+# ----------------------------------------------------------------------------- item 1
+_DIST_SCRIPT = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as td
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+    from torch.distributed import ProcessGroupGloo
+    # a backend that serves CUDA tensors only, as NCCL does (gloo underneath)
+    td.Backend.register_backend("cudaonly", lambda store, r, w, t: ProcessGroupGloo(store, r, w, t),
+                                devices=["cuda"])
+    td.init_process_group(sys.argv[1], rank=0, world_size=1)
+    if sys.argv[1] == "cudaonly":
+        try:
+            td.all_reduce(torch.zeros(1, dtype=torch.float64))
+        except RuntimeError as e:
+            assert "device type cpu" in str(e), e   # the failure a GPU run met at step 1
+        else:
+            raise SystemExit("the cuda-only backend took a CPU tensor")
+    from pgopd.update import Dist
+    d = Dist()
+    print("DEVICE", d.device.type)
+    if d.device.type == "cpu":
+        print("SUM", d.sum(1.5, 2.0))
+""")
+
+
+@pytest.mark.parametrize("backend, device", [("cudaonly", "cuda"), ("gloo", "cpu")])
+def test_dist_collectives_use_the_backends_device(backend, device):
+    """``Dist.sum`` puts its tensor where the process group's backend can reduce it: CUDA
+    under NCCL (which rejects CPU tensors), CPU under gloo."""
+    port = str(29600 + (hash(backend) % 300))
+    r = subprocess.run([sys.executable, "-c", _DIST_SCRIPT, backend, port], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"DEVICE {device}" in r.stdout
+    if device == "cpu":
+        assert "SUM [1.5, 2.0]" in r.stdout
+
+
+# ----------------------------------------------------------------------------- item 3
+def test_rollout_releases_the_kv_caches():
+    """After the rollout neither the teacher scorer nor the sampler holds a KV cache or the
+    last rows' states: the update and the optimizer step get that memory."""
+    student, teacher = _tiny(0), _tiny(1, layers=2)
+    cfg = parse_dataclass(TrainConfig, {"max_new_tokens": 24, "chunk_size": 4}, "train")
+    sampler = HFSampler(student, EOS, PAD, temperature=1.0, top_p=1.0, topk=4, seed=1)
+    scorer = TeacherScorer(teacher, PAD, topk=4)
+    res = rollout(sampler, scorer, make_policy("opd", cfg, seed=0), [[5, 6, 7], [8, 9]], n_samples=2,
+                  max_new_tokens=24, chunk_size=4, overlap_k=4)
+    assert res.tokens_generated > 0 and res.positions_teacher > 0  # counts survive the release
+    for backend in (scorer, sampler):
+        assert not _reachable(backend, (DynamicCache,)), type(backend).__name__
+        big = [t for t in _reachable(backend, (torch.Tensor,)) if t.numel() >= V]
+        assert not big, [tuple(t.shape) for t in big]
+
+
+# ----------------------------------------------------------------------------- item 5
+def test_prefill_runs_the_lm_head_on_the_last_position_only():
+    model = _tiny(0)
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda _m, a, _o: seen.append(tuple(a[0].shape)))
+    kv = KVBatch(model, [[5, 6, 7, 8, 9], [10, 11]], PAD)
+    logits_BV = kv.prefill()
+    assert logits_BV.shape == (2, V)
+    assert seen == [(2, 1, 32)]      # (rows, 1 position, hidden): no (rows, prompt, vocab) logits
+    # the same distribution as a full forward's last position
+    ref = model(input_ids=kv.prompt_ids_BL, attention_mask=kv.mask_BL,
+                position_ids=(kv.mask_BL.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+    assert torch.allclose(logits_BV, ref.float(), atol=1e-5)
