@@ -12,7 +12,9 @@ optimizer step.
                   boundary (``set_gradient_accumulation_boundary``: ZeRO 0-1 all-reduce and
                   ZeRO-2/3 reduce into their partitions, the last micro-batch closes the
                   step), ONE ``engine.step()``;
-    guard         a non-finite loss or gradient on any rank skips the step on all ranks.
+    guard         a non-finite loss or gradient on any rank skips the step on all ranks
+                  (ZeRO 0: ``p.grad`` checked here; ZeRO 1-3: DeepSpeed's global gradient
+                  norm, which its optimizer checks before updating).
 
 Normalisation is the global token mean of one big batch: each micro-batch's token-mean loss
 is scaled by ``n_mb * world / n_global`` (its share of the trained tokens of all ranks; the
@@ -214,7 +216,20 @@ def batch_loss(model, module, batch: dict, loss: str, chunk: int, n_chunks: int 
 
 
 def grads_finite(engine) -> bool:
+    """The gradients this rank can see in ``p.grad`` are finite (ZeRO 0; under ZeRO 1-3 they
+    live in DeepSpeed's partitions, ``p.grad`` is None, and :func:`step_applied` decides)."""
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in engine.module.parameters())
+
+
+def step_applied(engine) -> bool:
+    """After ``engine.step()``: False when DeepSpeed found the global gradient norm
+    non-finite and skipped the step (its ZeRO 1-3 and bf16 optimizers check it before
+    updating: ``was_step_applied`` / ``get_global_grad_norm`` = inf).  The norm is reduced
+    over all ranks, so every rank answers the same."""
+    if hasattr(engine, "was_step_applied") and not engine.was_step_applied():
+        return False
+    norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+    return norm is None or math.isfinite(float(norm))
 
 
 # ----------------------------------------------------------------------------- the update
@@ -281,6 +296,7 @@ def apply_update(engine, res: RolloutResult, cfg: TrainConfig, pad_id: int, dist
         engine.optimizer.zero_grad()
     elif acc["n_global"]:
         engine.step()
+        ok = step_applied(engine)  # a non-finite gradient only DeepSpeed's partitions saw
     n_global = acc["n_global"]
     loss_sum, reward_sum = dist.sum(acc["loss"] / dist.world, acc["reward_sum"])
     return {"loss": loss_sum, "reward_mean": reward_sum / n_global if n_global else None,

@@ -113,3 +113,42 @@ def test_prefill_runs_the_lm_head_on_the_last_position_only():
     ref = model(input_ids=kv.prompt_ids_BL, attention_mask=kv.mask_BL,
                 position_ids=(kv.mask_BL.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
     assert torch.allclose(logits_BV, ref.float(), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- item 7
+def test_bf16_deepspeed_config_accumulates_and_reduces_in_fp32():
+    from pgopd.train import ds_config
+
+    for stage in (0, 1, 2, 3):
+        c = ds_config(parse_dataclass(TrainConfig, {"zero_stage": stage, "bf16": True}, "train"))
+        assert c["communication_data_type"] == "fp32" and c["bf16"]["check_grad_overflow"] is True
+        # DeepSpeed 0.19.8 refuses bf16 weights with fp32 accumulation without ZeRO
+        assert c.get("data_types", {}).get("grad_accum_dtype") == (None if stage == 0 else "fp32")
+    plain = ds_config(parse_dataclass(TrainConfig, {"zero_stage": 2, "bf16": False}, "train"))
+    assert "data_types" not in plain and "communication_data_type" not in plain
+
+
+@pytest.mark.slow
+def test_zero2_two_processes_skip_a_step_with_a_nan_gradient(tmp_path):
+    """A NaN in one rank's gradient (finite loss) under ZeRO-2: both ranks report the step
+    skipped and keep their weights; the next clean step trains.  DeepSpeed reads the fp32
+    accumulation / communication keys (~20 s on 2 cores)."""
+    import json
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.pathsep.join([str(root), env.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "tests/scripts/nan_grad_step.py"), str(tmp_path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    for rank in (0, 1):
+        rec = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert rec["first_finite"] is False and rec["first_unchanged"], (rank, rec)
+        assert rec["second_finite"] is True and rec["second_moved"] and rec["weights_finite"], (rank, rec)
+        assert rec["data_types"] == ["torch.bfloat16", "torch.float32"], rec
+        assert rec["communication_data_type"] == "torch.float32", rec
