@@ -193,7 +193,21 @@ class _Run:
 
 def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: str, train_data: Path,
           teacher_cache: Path, out_dir: Path, reference: Path | None = None) -> dict:
-    """Run (or resume) one training job; returns the summary written to ``summary.json``."""
+    """Run (or resume) one training job; returns the summary written to ``summary.json``.
+    Whether it returns or raises, the DeepSpeed engine is destroyed and every model and
+    cache dropped (``pgopd.teardown``): a later run in the same process starts empty."""
+    from .teardown import release_run
+
+    held: dict = {}
+    try:
+        return _train(cfg, method=method, seed=seed, teacher=teacher, student=student, train_data=train_data,
+                      teacher_cache=teacher_cache, out_dir=out_dir, reference=reference, held=held)
+    finally:
+        release_run(held.pop("run", None))
+
+
+def _train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: str, train_data: Path,
+           teacher_cache: Path, out_dir: Path, reference: Path | None, held: dict) -> dict:
     import signal
 
     from tqdm import tqdm
@@ -205,7 +219,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
     t_start = time.perf_counter()
     random.seed(seed)
     torch.manual_seed(seed)
-    run = _setup(cfg, method, seed, teacher, student, train_data, teacher_cache, out_dir)
+    run = held["run"] = _setup(cfg, method, seed, teacher, student, train_data, teacher_cache, out_dir)
     state = _start_state(run, teacher_cache, reference)
     prompts = PromptSampler(len(run.records), seed)
     prompts.position = state.prompt_position

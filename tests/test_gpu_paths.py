@@ -152,3 +152,43 @@ def test_zero2_two_processes_skip_a_step_with_a_nan_gradient(tmp_path):
         assert rec["second_finite"] is True and rec["second_moved"] and rec["weights_finite"], (rank, rec)
         assert rec["data_types"] == ["torch.bfloat16", "torch.float32"], rec
         assert rec["communication_data_type"] == "torch.float32", rec
+
+
+# ----------------------------------------------------------------------------- item 2
+_RELEASE_SCRIPT = textwrap.dedent("""
+    import gc, json, sys
+    from pathlib import Path
+    import torch
+    from pgopd.config import TrainConfig, parse_dataclass
+    from pgopd.train import train
+    d, out = Path(sys.argv[1]), Path(sys.argv[2])
+    cfg = parse_dataclass(TrainConfig, {"steps": 1, "prompts_per_step": 2, "n_samples": 2, "max_new_tokens": 8,
+                                        "chunk_size": 4, "zero_stage": 2, "loss": "sampled",
+                                        "pgopd": {"prefix_len": 4, "probe_end": 4}}, "train")
+    train(cfg, method="opd", seed=3, teacher=str(d / "teacher"), student=str(d / "student"),
+          train_data=d / "data/train.jsonl", teacher_cache=d / "cache", out_dir=out)
+    gc.collect()
+    from deepspeed import DeepSpeedEngine
+    from transformers import DynamicCache, PreTrainedModel
+    live = {"engines": DeepSpeedEngine, "optimizers": torch.optim.Optimizer, "models": PreTrainedModel,
+            "kv_caches": DynamicCache}
+    print("LIVE " + json.dumps({k: sum(isinstance(o, t) for o in gc.get_objects()) for k, t in live.items()}))
+""")
+
+
+@pytest.mark.slow
+def test_train_leaves_no_engine_optimizer_model_or_cache_alive(tmp_path):
+    """After ``train()`` (ZeRO-2, in-process) no DeepSpeed engine, optimizer, model or KV cache
+    is reachable: without ``engine.destroy()`` ZeRO's gradient hooks keep all of them."""
+    import json
+    import os
+
+    from tiny import make_train_dir
+
+    d = make_train_dir(tmp_path / "d")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29000 + os.getpid() % 500 + 7)}
+    r = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT, str(d), str(tmp_path / "out")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    live = json.loads(r.stdout.split("LIVE ", 1)[1].splitlines()[0])
+    assert live == {"engines": 0, "optimizers": 0, "models": 0, "kv_caches": 0}
