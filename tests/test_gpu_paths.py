@@ -192,3 +192,46 @@ def test_train_leaves_no_engine_optimizer_model_or_cache_alive(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     live = json.loads(r.stdout.split("LIVE ", 1)[1].splitlines()[0])
     assert live == {"engines": 0, "optimizers": 0, "models": 0, "kv_caches": 0}
+
+
+# ----------------------------------------------------------------------------- item 6
+def test_tied_checkpoint_with_a_stored_lm_head_matches_the_trainers_names(tmp_path):
+    """Qwen3-1.7B (tied) stores a copy of the embedding as ``lm_head.weight``; the trainer's
+    ``named_parameters()`` has no such name: the strict name check must accept it."""
+    import json
+
+    from safetensors.torch import save_file
+    from test_vllm_backend import _FakeLLM
+
+    from pgopd.rollout.vllm_backend import VLLMEngine
+
+    emb = torch.randn(V, 32)
+    save_file({"model.embed_tokens.weight": emb, "lm_head.weight": emb.clone(), "model.norm.weight": torch.ones(32)},
+              str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
+    llm = _FakeLLM()
+    eng = VLLMEngine(str(tmp_path), llm=llm)
+    assert eng.update_weights([("model.embed_tokens.weight", emb), ("model.norm.weight", torch.ones(32))]) == 2
+    # a state_dict (which lists the tied head) loads the same two tensors
+    assert eng.update_weights({"model.embed_tokens.weight": emb, "lm_head.weight": emb,
+                               "model.norm.weight": torch.ones(32)}) == 2
+    with pytest.raises(ValueError, match="missing \\['model.norm.weight'\\]"):
+        eng.update_weights([("model.embed_tokens.weight", emb)])
+
+
+def test_colocated_engine_sleeps_at_level_2_empties_the_cache_and_starts_from_dummy_weights(monkeypatch):
+    import pgopd.rollout.vllm_backend as vb
+    from test_vllm_backend import _FakeLLM
+
+    llm = _FakeLLM()
+    monkeypatch.setattr(vb, "_empty_cuda_cache", lambda: llm.calls.append(("empty_cache",)))
+    eng = vb.VLLMEngine("unused", mode="colocate", llm=llm, sleep_available=True)
+    eng.sleep()
+    eng.update_weights({"x": torch.ones(2)})
+    assert llm.calls[:3] == [("sleep", 2), ("empty_cache",), ("wake_up", ["weights"])]
+    eng.sleep()
+    with pytest.raises(ValueError, match="level 2"):  # a subset would leave discarded weights
+        eng.update_weights({"x": torch.ones(2)}, strict=False)
+    assert vb.VLLMEngine("unused", mode="separate", llm=_FakeLLM()).sleep_level == 1
+    assert vb.colocated_load_options("colocate", True) == {"load_format": "dummy"}
+    assert vb.colocated_load_options("colocate", False) == {} == vb.colocated_load_options("separate", True)
