@@ -68,22 +68,36 @@ class Meter:
         self.alloc: dict[str, int] = {}
         self.reserved: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
+        self.open: list[str] = []
 
     @contextlib.contextmanager
     def phase(self, name: str):
+        """Time and peaks of the ``with`` block.  Phases nest (``step`` inside ``update``),
+        as the memory plan separates them: an inner phase's peak is its own, the enclosing
+        phase keeps the peaks of its parts before and after it (folded in before each reset)."""
         t = self.torch
         if self.cuda:
             t.cuda.synchronize()
+            self._fold(self.open)
             t.cuda.reset_peak_memory_stats()
+        self.open.append(name)
         t0 = time.perf_counter()
         try:
             yield
         finally:
+            self.open.pop()
             if self.cuda:
                 t.cuda.synchronize()
-                self.alloc[name] = max(self.alloc.get(name, 0), t.cuda.max_memory_allocated())
-                self.reserved[name] = max(self.reserved.get(name, 0), t.cuda.max_memory_reserved())
+                self._fold([name])
+                if self.open:  # the enclosing phase goes on from here
+                    t.cuda.reset_peak_memory_stats()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def _fold(self, names: list) -> None:
+        a, r = self.torch.cuda.max_memory_allocated(), self.torch.cuda.max_memory_reserved()
+        for n in names:
+            self.alloc[n] = max(self.alloc.get(n, 0), a)
+            self.reserved[n] = max(self.reserved.get(n, 0), r)
 
     def wrap(self, owner, attr: str, name: str) -> None:
         fn = getattr(owner, attr)

@@ -74,7 +74,11 @@ _DIST_SCRIPT = textwrap.dedent("""
 def test_dist_collectives_use_the_backends_device(backend, device):
     """``Dist.sum`` puts its tensor where the process group's backend can reduce it: CUDA
     under NCCL (which rejects CPU tensors), CPU under gloo."""
-    port = str(29600 + (hash(backend) % 300))
+    import socket
+
+    with socket.socket() as sock:  # a free port: other test processes may run beside this one
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     r = subprocess.run([sys.executable, "-c", _DIST_SCRIPT, backend, port], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
