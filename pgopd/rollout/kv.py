@@ -98,5 +98,6 @@ class KVBatch:
         counts stay readable.  Without it the cache of the last live rows stays on the
         device through the update (up to 18 GiB for the teacher at paper scale)."""
         self.cache = None
-        self.prompt_ids_BL = self.prompt_ids_BL[:0]
-        self.mask_BL = self.mask_BL[:0]
+        # new empty tensors, not [:0] views (a view would keep the whole storage)
+        self.prompt_ids_BL = self.prompt_ids_BL.new_zeros((0, self.prompt_ids_BL.shape[1]))
+        self.mask_BL = self.mask_BL.new_zeros((0, self.mask_BL.shape[1]))
