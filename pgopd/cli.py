@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reserve-gb", type=float, default=3.0,
                    help="GiB kept for the CUDA context, NCCL and fragmentation (default 3)")
 
+    p = sub.add_parser("preflight", help="Once on one GPU node before submitting: 1 short step per method and "
+                       "one OPD step at full length with dummy weights of the config's shapes, each in its own "
+                       "process; peak GiB per phase next to the memory plan, times, tokens/s, GPU-hours.")
+    from .preflight import add_arguments
+
+    add_arguments(p)
+
     p = sub.add_parser("check-config", help="Check config files as `snakemake -n --configfile <files>` does, "
                        "and their YAML syntax (file and line; Snakemake names neither for a --configfile).")
     p.add_argument("files", nargs="+", type=Path,
@@ -179,6 +186,14 @@ def main(argv=None) -> int:
         return _plan(args)
     if args.stage == "check-config":
         return _check_config(args.files)
+    if args.stage == "preflight":
+        from .preflight import preflight
+
+        try:
+            return preflight(args)
+        except (C.ConfigError, OSError, RuntimeError) as e:
+            print(f"pgopd preflight: {e}", file=sys.stderr)
+            return 2
     if hasattr(args, "_cls"):
         try:
             args.cfg = _params(args._cls, args._prefix)(args.params)

@@ -129,11 +129,14 @@ def topk_recipe_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Ten
     probability").
 
     For each of the student's top-k tokens x at a position, with *full-vocabulary*
-    log-probs, the advantage ``A(x) = p_s(x) (log p_t(x) - log p_s(x))`` is held constant
-    and the loss is ``-sum_x A(x) log p_s(x)`` per position.  Its gradient w.r.t. the logits
-    is ``-sum_x A(x) (onehot(x) - p_s)``: nonzero on every logit, tokens outside the top-k
-    included (through the log-normaliser), unlike :func:`topk_renorm_loss`.  With K = V it is
-    the exact gradient of the full reverse KL (``sum_x p_s(x) ∇log p_s(x) = 0``).
+    log-probs, the advantage ``A(x) = w(x) (log p_t(x) - log p_s(x))`` with the student's
+    probability *renormalised over the top-k*, ``w(x) = p_s(x) / sum_{x' in topk} p_s(x')``
+    (thunlp/OPD's ``compute_reward_weights(..., normalize=True)`` in verl's ``dp_actor.py``:
+    a softmax of the K log-probs), is held constant and the loss is ``-sum_x A(x) log p_s(x)``
+    per position.  Its gradient w.r.t. the logits is ``-sum_x A(x) (onehot(x) - p_s)``:
+    nonzero on every logit, tokens outside the top-k included (through the log-normaliser),
+    unlike :func:`topk_renorm_loss`.  With K = V it is the exact gradient of the full reverse
+    KL (the weights are then p_s itself and ``sum_x p_s(x) ∇log p_s(x) = 0``).
 
     Args:
         student_logp_BTK: (B, T, K) student full-vocabulary log-probs at its top-k ids, with grad.
@@ -143,13 +146,15 @@ def topk_recipe_loss(student_logp_BTK: torch.Tensor, teacher_logp_BTK: torch.Ten
 
     Returns:
         loss: scalar ``sum_{mask} w * (-sum_k A_k log p_s,k) / n_tokens``.
-        stats: ``kl`` (masked mean of ``sum_k p_s (log p_s - log p_t)``, the top-k part of
-        the reverse KL, not renormalised), ``reward_mean`` (= -kl), ``n_tokens``, ``weight_mean``.
+        stats: ``kl`` (masked mean of ``sum_k w_k (log p_s,k - log p_t,k)``, the recipe's
+        weighted top-k reward, negated), ``reward_mean`` (= -kl), ``n_tokens``, ``weight_mean``.
     """
     valid_BT, mask, w, n, denom = _prep(mask_BT, weight_BT, student_logp_BTK)
     s_BTK, t_BTK = _valid_topk(student_logp_BTK, teacher_logp_BTK, valid_BT)
     s_det = s_BTK.detach()
-    adv_BTK = s_det.exp() * (t_BTK - s_det)
+    # the recipe's weights: p_s renormalised over the K ids (without it the gradient is the
+    # recipe's times the student's top-k mass, position by position)
+    adv_BTK = torch.softmax(s_det, dim=-1) * (t_BTK - s_det)
     per_pos_BT = -(adv_BTK * s_BTK).sum(dim=-1)
     loss = (w * per_pos_BT * mask).sum() / denom
     kl_mean = _masked_mean(-adv_BTK.sum(dim=-1), mask, n)

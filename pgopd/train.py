@@ -65,10 +65,25 @@ def ds_config(cfg: TrainConfig) -> dict:
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
+    if cfg.bf16:
+        out.update(bf16_precision_keys(cfg.zero_stage))
     if cfg.warmup_steps:
         out["scheduler"] = {"type": "WarmupLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": cfg.warmup_steps,
             "warmup_type": "linear"}}
+    return out
+
+
+def bf16_precision_keys(zero_stage: int) -> dict:
+    """DeepSpeed 0.19.8 keys for bf16 weights with fp32 gradients: accumulation over a
+    method-dependent number of micro-batches and the all-reduce / reduce-scatter in fp32
+    (bf16's 8-bit mantissa loses small per-micro-batch terms), and the non-finite check
+    before the optimizer step.  ``data_types.grad_accum_dtype`` only under ZeRO 1-3: at
+    stage 0 DeepSpeed refuses bf16 with fp32 accumulation ("unsupported mix")."""
+    out = {"communication_data_type": "fp32",
+           "bf16": {"enabled": True, "check_grad_overflow": True}}
+    if zero_stage >= 1:
+        out["data_types"] = {"grad_accum_dtype": "fp32"}
     return out
 
 
@@ -178,7 +193,21 @@ class _Run:
 
 def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: str, train_data: Path,
           teacher_cache: Path, out_dir: Path, reference: Path | None = None) -> dict:
-    """Run (or resume) one training job; returns the summary written to ``summary.json``."""
+    """Run (or resume) one training job; returns the summary written to ``summary.json``.
+    Whether it returns or raises, the DeepSpeed engine is destroyed and every model and
+    cache dropped (``pgopd.teardown``): a later run in the same process starts empty."""
+    from .teardown import release_run
+
+    held: dict = {}
+    try:
+        return _train(cfg, method=method, seed=seed, teacher=teacher, student=student, train_data=train_data,
+                      teacher_cache=teacher_cache, out_dir=out_dir, reference=reference, held=held)
+    finally:
+        release_run(held.pop("run", None))
+
+
+def _train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: str, train_data: Path,
+           teacher_cache: Path, out_dir: Path, reference: Path | None, held: dict) -> dict:
     import signal
 
     from tqdm import tqdm
@@ -190,7 +219,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
     t_start = time.perf_counter()
     random.seed(seed)
     torch.manual_seed(seed)
-    run = _setup(cfg, method, seed, teacher, student, train_data, teacher_cache, out_dir)
+    run = held["run"] = _setup(cfg, method, seed, teacher, student, train_data, teacher_cache, out_dir)
     state = _start_state(run, teacher_cache, reference)
     prompts = PromptSampler(len(run.records), seed)
     prompts.position = state.prompt_position

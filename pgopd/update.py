@@ -12,7 +12,9 @@ optimizer step.
                   boundary (``set_gradient_accumulation_boundary``: ZeRO 0-1 all-reduce and
                   ZeRO-2/3 reduce into their partitions, the last micro-batch closes the
                   step), ONE ``engine.step()``;
-    guard         a non-finite loss or gradient on any rank skips the step on all ranks.
+    guard         a non-finite loss or gradient on any rank skips the step on all ranks
+                  (ZeRO 0: ``p.grad`` checked here; ZeRO 1-3: DeepSpeed's global gradient
+                  norm, which its optimizer checks before updating).
 
 Normalisation is the global token mean of one big batch: each micro-batch's token-mean loss
 is scaled by ``n_mb * world / n_global`` (its share of the trained tokens of all ranks; the
@@ -37,6 +39,23 @@ from .loss import opd_pg_loss, topk_recipe_loss, topk_renorm_loss
 from .rollout.loop import RolloutResult
 
 
+def collective_device(td) -> torch.device:
+    """The device whose tensors the default process group's collectives accept.
+
+    DeepSpeed initialises torch.distributed with NCCL alone on GPUs, which rejects CPU
+    tensors ("No backend type associated with device type cpu"); gloo (CPU runs) takes
+    CPU tensors.  Read from the group's registered device types, else from its backend name."""
+    types = {d.type for d in getattr(td.group.WORLD, "_device_types", None) or []}
+    if not types:
+        types = {"cuda"} if "nccl" in str(td.get_backend()).lower() else {"cpu"}
+    if "cpu" in types:
+        return torch.device("cpu")
+    kind = "cuda" if "cuda" in types else sorted(types)[0]
+    if kind == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(kind)
+
+
 class Dist:
     """Rank / world size and the few collectives training needs (no-ops on one process)."""
 
@@ -46,11 +65,12 @@ class Dist:
         self.td = td if td.is_available() and td.is_initialized() else None
         self.rank = self.td.get_rank() if self.td else 0
         self.world = self.td.get_world_size() if self.td else 1
+        self.device = collective_device(self.td) if self.td else torch.device("cpu")
 
     def sum(self, *xs: float) -> list[float]:
         if not self.td:
             return list(xs)
-        t = torch.tensor(xs, dtype=torch.float64)
+        t = torch.tensor(xs, dtype=torch.float64, device=self.device)
         self.td.all_reduce(t)
         return t.tolist()
 
@@ -196,7 +216,20 @@ def batch_loss(model, module, batch: dict, loss: str, chunk: int, n_chunks: int 
 
 
 def grads_finite(engine) -> bool:
+    """The gradients this rank can see in ``p.grad`` are finite (ZeRO 0; under ZeRO 1-3 they
+    live in DeepSpeed's partitions, ``p.grad`` is None, and :func:`step_applied` decides)."""
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in engine.module.parameters())
+
+
+def step_applied(engine) -> bool:
+    """After ``engine.step()``: False when DeepSpeed found the global gradient norm
+    non-finite and skipped the step (its ZeRO 1-3 and bf16 optimizers check it before
+    updating: ``was_step_applied`` / ``get_global_grad_norm`` = inf).  The norm is reduced
+    over all ranks, so every rank answers the same."""
+    if hasattr(engine, "was_step_applied") and not engine.was_step_applied():
+        return False
+    norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+    return norm is None or math.isfinite(float(norm))
 
 
 # ----------------------------------------------------------------------------- the update
@@ -263,6 +296,7 @@ def apply_update(engine, res: RolloutResult, cfg: TrainConfig, pad_id: int, dist
         engine.optimizer.zero_grad()
     elif acc["n_global"]:
         engine.step()
+        ok = step_applied(engine)  # a non-finite gradient only DeepSpeed's partitions saw
     n_global = acc["n_global"]
     loss_sum, reward_sum = dist.sum(acc["loss"] / dist.world, acc["reward_sum"])
     return {"loss": loss_sum, "reward_mean": reward_sum / n_global if n_global else None,

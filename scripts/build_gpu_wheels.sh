@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build gpu_wheels/ (or $1): the wheels scripts/gpu_smoke.sh installs on the GPU machine, which
+# Build gpu_wheels/ (or $1): the wheels scripts/gpu_smoke.sh installs for `pgopd preflight` on the GPU machine, which
 # has python3 + CUDA torch + transformers + triton and no package index.  Carried: pgopd and
 # what the train path imports beyond those (DeepSpeed and its import-time deps, tensorboard's
 # SummaryWriter, math-verify for grading, PyYAML), at the versions of this environment.

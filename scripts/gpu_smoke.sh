@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# GPU smoke run: 2 steps of opd / pgopd / pruneopd at the paper's shapes and lengths with
-# dummy weights, per-phase peak GPU memory and step times -> $OUT/gpu_smoke.json
-# (scripts/gpu_smoke.py says what runs and how it is measured).
+# The preflight on a GPU machine without a package index: installs the carried wheels, then
+# runs `pgopd preflight` (pgopd/preflight.py says what runs and how it is measured):
 #
-#   bash scripts/gpu_smoke.sh [args of gpu_smoke.py]          # on a machine with one GPU
-#   bash scripts/gpu_smoke.sh --tiny --out /tmp/smoke         # CPU-sized variant (tests)
+#   OUT=<dir> bash scripts/gpu_smoke.sh --configfile config/paper.yaml     # one GPU, ~5 min
+#   bash scripts/gpu_smoke.sh --configfile config/paper.yaml --dry          # the budget only
+#   bash scripts/gpu_smoke.sh --configfile config/paper.yaml --tiny --out /tmp/pf   # CPU variant
 #
 # The GPU machine has python3 with CUDA torch, transformers and triton, and no package index:
 # everything else comes from the wheels that scripts/build_gpu_wheels.sh puts in gpu_wheels/
@@ -16,11 +16,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 PY="${PYTHON:-python3}"
 WHEELS="${GPU_WHEELS:-$ROOT/gpu_wheels}"
-OUT_DIR="${OUT:-$ROOT/gpu_smoke_out}"
+OUT_DIR="${OUT:-$ROOT/preflight_out}"
 mkdir -p "$OUT_DIR"
 
 if [ -f "$WHEELS/requirements.txt" ]; then
-  SITE="${GPU_SITE:-$OUT_DIR/../gpu_smoke_site}"
+  SITE="${GPU_SITE:-${TMPDIR:-/tmp}/pgopd_preflight_site}"
   mkdir -p "$SITE"
   SITE="$(cd "$SITE" && pwd)"
   if "$PY" -m pip --version >/dev/null 2>&1; then
@@ -44,10 +44,12 @@ PYEOF
   fi
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 else
-  echo "gpu_smoke: no $WHEELS/requirements.txt; using the packages already importable" >&2
+  echo "preflight: no $WHEELS/requirements.txt; using the packages already importable" >&2
 fi
 
 # DeepSpeed: the CUDA accelerator when there is a GPU (the carried wheel was built on a CPU host)
 DS_ACCELERATOR="${DS_ACCELERATOR:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}"
 export DS_ACCELERATOR HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-exec "$PY" "$HERE/gpu_smoke.py" --out "$OUT_DIR" "$@"
+# the checkout's pgopd when no wheel installed one
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"
+exec "$PY" -m pgopd.cli preflight --out "$OUT_DIR" "$@"

@@ -198,13 +198,59 @@ def outside_topk(logits, K):
     return out
 
 
+def _recipe_port_loss(S_logp, T_on_S, response_mask, clip=0.2, clip_c=3.0):
+    """thunlp/OPD (commit 0a44395), ported line by line, strategy ``only_stu`` and
+    ``reward_weight_mode="student_p"`` as its ``on_policy_distillation.sh`` runs it:
+    ``dp_actor.compute_reward_weights(..., normalize=True)`` -> rm_scores,
+    ``core_algos.compute_token_reward_direct_advantage`` -> advantages and the 3D branch of
+    ``compute_policy_loss_vanilla`` with ``old_log_prob = log_prob.detach()`` (on-policy),
+    ``loss_agg_mode="token-mean"``.  Written from the recipe's code, not from pgopd's."""
+    # dp_actor.py: compute_reward_weights
+    log_probs = S_logp
+    valid_mask = torch.ones_like(S_logp, dtype=torch.bool)
+    log_probs = torch.where(valid_mask, log_probs, torch.full_like(log_probs, -float("inf")))
+    norm_log_weights = log_probs - torch.logsumexp(log_probs, dim=-1, keepdim=True)
+    weights = torch.nan_to_num(torch.exp(norm_log_weights), nan=0.0, posinf=0.0, neginf=0.0)
+    kl_val = S_logp - T_on_S
+    rm_scores = -kl_val * weights
+    # core_algos.py: token_reward_direct (3D rewards, mask broadcast over k)
+    advantages = (rm_scores * response_mask.unsqueeze(-1)).detach()
+    # core_algos.py: compute_policy_loss_vanilla, 3D branch
+    log_prob, old_log_prob = S_logp, S_logp.detach()
+    ratio = torch.exp(torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0))
+    pg_losses1 = -advantages * ratio
+    pg_losses2 = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+    clip_pg_losses1 = torch.maximum(pg_losses1, pg_losses2)
+    clip_pg_losses2 = torch.min(-advantages * clip_c, clip_pg_losses1)
+    pg_losses = torch.where(advantages < 0, clip_pg_losses2, clip_pg_losses1).sum(dim=-1)
+    # agg_loss token-mean: masked mean over (B, T)
+    return (pg_losses * response_mask).sum() / response_mask.sum()
+
+
+def test_recipe_gradient_equals_a_port_of_thunlp_opd():
+    """The recipe's gradient (its loss value differs: PPO's ratio is 1, not log p).  pgopd's
+    ``topk_recipe_loss`` before 2026-12-05 weighted by raw p_s: its gradient was the recipe's
+    times the student's top-k mass (0.1-0.4 relative off at this K/V)."""
+    logits, t_logits, mask, _, K = topk_inputs(seed=5, V=40, K=4)
+    maskf = mask.float()
+    x = logits.clone().requires_grad_(True)
+    s, t = select_topk(x, t_logits, K)
+    topk_recipe_loss(s, t, mask)[0].backward()
+    y = logits.clone().requires_grad_(True)
+    s2, t2 = select_topk(y, t_logits, K)
+    _recipe_port_loss(s2, t2, maskf).backward()
+    assert y.grad.abs().max() > 1e-3
+    assert torch.allclose(x.grad, y.grad, atol=1e-7, rtol=1e-5)
+
+
 def test_recipe_equals_hand_formula_values_and_gradients():
     logits, t_logits, mask, w, K = topk_inputs(seed=5)
     logits.requires_grad_(True)
     s, t = select_topk(logits, t_logits, K)
     loss, stats = topk_recipe_loss(s, t, mask, w)
     loss.backward()
-    # by hand: A = p_s (log p_t - log p_s), constant; loss = mean_mask w * -sum_k A_k log p_s,k;
+    # by hand: q = p_s / sum_topk p_s, A = q (log p_t - log p_s), constant;
+    # loss = mean_mask w * -sum_k A_k log p_s,k;
     # d/dlogits of -sum_k A_k log p_s,k = -sum_k A_k (onehot_k - p_s) (all V logits)
     B, T, V = logits.shape
     ls = torch.log_softmax(logits.detach(), -1)
@@ -217,9 +263,10 @@ def test_recipe_equals_hand_formula_values_and_gradients():
             if not mask[b, i]:
                 continue
             p = ls[b, i].exp()
+            mass = sum(p[k].item() for k in idx[b, i].tolist())
             g = torch.zeros(V)
             for k in idx[b, i].tolist():
-                A = p[k].item() * (lt[b, i, k].item() - ls[b, i, k].item())
+                A = p[k].item() / mass * (lt[b, i, k].item() - ls[b, i, k].item())
                 total += w[b, i].item() * -A * ls[b, i, k].item()
                 kl_sum += -A
                 onehot = torch.zeros(V)

@@ -75,7 +75,7 @@ def test_colocated_update_order_and_buckets():
     stage = [c for c in llm.calls if c == ("rpc", "pgopd_stage_weights")]
     assert len(stage) == 2  # 64 B + (32 B + 6 B) buckets
     assert [c for c in llm.calls if c[0] != "rpc" or c[1] != "pgopd_stage_weights"] == [
-        ("sleep", 1), ("wake_up", ["weights"]), ("rpc", "pgopd_commit_weights"),
+        ("sleep", 2), ("wake_up", ["weights"]), ("rpc", "pgopd_commit_weights"),
         ("wake_up", ["kv_cache"]), ("reset_prefix_cache",)]
     (loaded,) = llm.worker.model_runner.loaded
     assert sorted(loaded) == ["x", "y", "z"] and all(torch.equal(loaded[k], sd[k]) for k in sd)

@@ -114,6 +114,12 @@ class HFSampler:
         if self.pending_B is not None:
             self.pending_B = self.pending_B.index_select(0, keep_B)
 
+    def release(self) -> None:
+        """Free the KV cache and the held logits once the rollout is done."""
+        if getattr(self, "kv", None) is not None:
+            self.kv.release()
+        self.logits_BV = self.pending_B = None
+
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, eos_id: int, pad_id: int, n: int = 1,
@@ -155,6 +161,7 @@ def generate(model, prompts: list[list[int]], *, eos_id: int, pad_id: int, n: in
             if len(keep) < sampler.n_live:
                 sampler.select(keep)
         bar.update(sampler.n_live)
+        sampler.release()
         out += recs
     bar.close()
     return out

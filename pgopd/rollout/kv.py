@@ -43,15 +43,18 @@ class KVBatch:
     def batch_size(self) -> int:
         return self.mask_BL.shape[0]
 
-    def _run(self, ids_BC: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+    def _run(self, ids_BC: torch.Tensor, hidden: bool = False, last_only: bool = False) -> torch.Tensor:
         C = ids_BC.shape[1]
         # positions count only real tokens, so left padding does not shift them
         pos_BL = self.mask_BL.cumsum(-1) - 1
         pos_BC = pos_BL[:, -C:].clamp(min=0)
         # hidden: the base model only (final hidden states, (B, C, H)), no (B, C, V) logits
         model = self.model.get_decoder() if hidden else self.model
+        # last_only: the LM head of the prefill covers the last prompt position only; the
+        # others would be (rows x prompt x vocab) logits, ~5 GB in bf16 at paper scale
+        extra = {"logits_to_keep": 1} if last_only and not hidden else {}
         out = model(input_ids=ids_BC, attention_mask=self.mask_BL, position_ids=pos_BC,
-                    past_key_values=self.cache, use_cache=True)
+                    past_key_values=self.cache, use_cache=True, **extra)
         self.cache = out.past_key_values
         return out.last_hidden_state if hidden else out.logits
 
@@ -65,7 +68,7 @@ class KVBatch:
 
         self.cache = DynamicCache()
         self.n_prefill_positions += self.prompt_ids_BL.numel()
-        out = self._run(self.prompt_ids_BL, hidden)[:, -1]
+        out = self._run(self.prompt_ids_BL, hidden, last_only=True)[:, -1]
         return out if hidden else out.float()
 
     @torch.no_grad()
@@ -89,3 +92,12 @@ class KVBatch:
         self.prompt_ids_BL = self.prompt_ids_BL.index_select(0, rows)
         if self.cache is not None:
             self.cache.batch_select_indices(rows)
+
+    def release(self) -> None:
+        """Drop the KV cache and the batch tensors (the rollout is over); the position
+        counts stay readable.  Without it the cache of the last live rows stays on the
+        device through the update (up to 18 GiB for the teacher at paper scale)."""
+        self.cache = None
+        # new empty tensors, not [:0] views (a view would keep the whole storage)
+        self.prompt_ids_BL = self.prompt_ids_BL.new_zeros((0, self.prompt_ids_BL.shape[1]))
+        self.mask_BL = self.mask_BL.new_zeros((0, self.mask_BL.shape[1]))

@@ -157,6 +157,9 @@ def rollout(sampler, scorer, policy: Policy, prompts: list[list[int]], *, n_samp
     res.tokens_teacher_scored = scorer.n_scored
     res.prefill_positions_student, res.positions_student = _positions(sampler)
     res.prefill_positions_teacher, res.positions_teacher = _positions(scorer)
+    for backend in (sampler, scorer):  # KV caches of the last live rows: not needed any more
+        if hasattr(backend, "release"):
+            backend.release()
     if loss_top_k:
         k = loss_top_k
         res.student_topk_ids = [torch.cat(x) if x else torch.zeros((0, k), dtype=torch.long) for x in s_topk]

@@ -61,3 +61,10 @@ class TeacherScorer:
     def select(self, keep_B: torch.Tensor) -> None:
         self.kv.select(keep_B)
         self.next_hidden_BH = self.next_hidden_BH.index_select(0, keep_B.to(self.next_hidden_BH.device))
+
+    def release(self) -> None:
+        """Free the teacher's KV cache and held hidden states once the rollout is done
+        (``teacher_offload`` moves only the weights)."""
+        if getattr(self, "kv", None) is not None:
+            self.kv.release()
+        self.next_hidden_BH = None

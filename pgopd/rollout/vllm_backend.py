@@ -70,10 +70,13 @@ CUDA graphs: ``enforce_eager=None`` (the default) means eager on CPU and CUDA gr
 * ``"separate"`` -- the engine keeps its memory (its own process / device); only the weights
   move.  This is what runs on CPU.
 * ``"colocate"`` -- the engine shares the accelerator with the trainer: call
-  :meth:`VLLMEngine.sleep` before the training step (``LLM.sleep(level=1)``: weights offloaded,
-  KV cache freed) and :meth:`update_weights` after it, which wakes the weights, loads the new
-  ones, then wakes the KV cache.  Sleep mode only exists on CUDA / ROCm / XPU; on CPU the
-  engine logs this once and ``sleep`` / ``wake_up`` do nothing.
+  :meth:`VLLMEngine.sleep` before the training step (``LLM.sleep(level=2)``: weights and KV
+  cache freed, the model's buffers kept on the host) and :meth:`update_weights` after it, which
+  empties PyTorch's CUDA cache, wakes the weights, loads the new ones (all of them: level 2
+  kept none), then wakes the KV cache.  With sleep mode the engine starts from dummy weights
+  (``load_format="dummy"``): the trainer's are pushed at once.  Sleep mode only exists on
+  CUDA / ROCm / XPU; on CPU the engine logs this once, reads the checkpoint, and ``sleep`` /
+  ``wake_up`` do nothing.  (vLLM 0.32 API: ``LLM.sleep(level)``, ``wake_up(tags)``.)
 
 Use in a training loop (one engine for the whole run)::
 
@@ -102,7 +105,7 @@ import torch
 from .hf import Chunk
 from .vllm_worker import (EXTENSION_QUALNAME, PGOPDWorkerExtension, _buckets, _named_tensors,  # noqa: F401
                           checkpoint_tensor_names, decode_tensors, encode_tensors, rank_engine_options,
-                          resolve_enforce_eager)
+                          resolve_enforce_eager, tied_embeddings)
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +131,16 @@ class VLLMEngine:
     def __init__(self, model_path: str, *, mode: str = "separate", dtype: str = "auto", seed: int = 0,
                  max_model_len: int | None = None, max_logprobs: int = 20, enforce_eager: bool | None = None,
                  block_size: int | None = None, kv_cache_gib: float | None = None,
-                 gpu_memory_utilization: float | None = None, sleep_level: int = 1,
+                 gpu_memory_utilization: float | None = None, sleep_level: int | None = None,
                  bucket_bytes: int = 256 << 20, distributed: bool = False, llm=None,
                  sleep_available: bool | None = None, inproc: bool | None = None, **engine_kwargs):
         if mode not in MODES:
             raise ValueError(f"VLLMEngine: mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.model_path, self.mode = str(model_path), mode
-        self.sleep_level, self.bucket_bytes = sleep_level, bucket_bytes
+        # colocated: level 2 (weights discarded, not copied to host memory): every wake-up is
+        # followed by a full weight push, so the old weights are never needed again
+        self.sleep_level = sleep_level if sleep_level is not None else (2 if mode == "colocate" else 1)
+        self.bucket_bytes = bucket_bytes
         self.weight_version = 0
         self._asleep = False
         if llm is not None:  # wrap an existing engine (tests, or a caller that built its own)
@@ -154,7 +160,8 @@ class VLLMEngine:
                   enforce_eager=resolve_enforce_eager(enforce_eager, on_gpu=current_platform.is_cuda_alike()),
                   enable_prefix_caching=True, logprobs_mode="raw_logprobs", max_logprobs=max_logprobs,
                   skip_tokenizer_init=True, generation_config="vllm",
-                  worker_extension_cls=EXTENSION_QUALNAME, enable_sleep_mode=self.sleep_available)
+                  worker_extension_cls=EXTENSION_QUALNAME, enable_sleep_mode=self.sleep_available,
+                  **colocated_load_options(mode, self.sleep_available))
         if distributed:  # one engine per torchrun process, on that process's device
             opts = rank_engine_options()
             if opts["device"].startswith("cuda"):
@@ -181,6 +188,7 @@ class VLLMEngine:
 
     def wake_up(self) -> None:
         if self._asleep:
+            _empty_cuda_cache()
             self.llm.wake_up()
             self._asleep = False
 
@@ -193,9 +201,17 @@ class VLLMEngine:
         is dropped).  Returns the number of tensors loaded.  The prefix cache is reset.
         """
         named = _named_tensors(named_params)
+        if self._asleep and self.sleep_level == 2 and not strict:
+            raise ValueError("update_weights: the engine slept at level 2 (weights discarded); "
+                             "a partial update (strict=False) would leave garbage weights")
         known = checkpoint_tensor_names(self.model_path) if strict else None
         if known is not None:
-            named = [(n, t) for n, t in named if n in known or n != "lm_head.weight"]
+            tied = tied_embeddings(self.model_path)
+            # a tied head is the embedding: a checkpoint may store a copy under lm_head.weight
+            # (Qwen3-1.7B does), the trainer's named_parameters() has none, vLLM skips it
+            named = [(n, t) for n, t in named if n != "lm_head.weight" or (n in known and not tied)]
+            if tied:
+                known = known - {"lm_head.weight"}
             unknown = sorted(n for n, _ in named if n not in known)
             missing = sorted(known - {n for n, _ in named})
             if unknown or missing:
@@ -206,6 +222,7 @@ class VLLMEngine:
         if not named:
             raise ValueError("update_weights: no tensors given")
         if self._asleep:
+            _empty_cuda_cache()  # the update's freed blocks back to the driver, for vLLM's pool
             self.llm.wake_up(tags=["weights"])
         if self.inproc:  # a method call on this process's worker: tensors as they are (GPU stays GPU)
             counts = self.llm.collective_rpc("pgopd_load_weights", args=(named,))
@@ -240,6 +257,21 @@ class VLLMEngine:
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
+
+
+def _empty_cuda_cache() -> None:
+    """Return the PyTorch allocator's cached blocks (the training step's) to the driver:
+    vLLM's sleep-mode pool allocates outside PyTorch's caching allocator."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def colocated_load_options(mode: str, sleep_available: bool) -> dict:
+    """``vllm.LLM`` options of a colocated engine with sleep mode (GPU): random ("dummy")
+    initial weights, because the trainer pushes its own at once; reading the checkpoint
+    would cost a full load only to be overwritten.  Elsewhere (CPU, separate engines, which
+    may serve without a push) the checkpoint is read."""
+    return {"load_format": "dummy"} if mode == "colocate" and sleep_available else {}
 
 
 # ----------------------------------------------------------------------------- sampler

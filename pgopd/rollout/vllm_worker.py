@@ -76,6 +76,18 @@ def checkpoint_tensor_names(model_path: str | os.PathLike) -> set[str] | None:
     return names
 
 
+def tied_embeddings(model_path: str | os.PathLike) -> bool:
+    """Whether a local checkpoint's config ties the LM head to the embeddings
+    (``tie_word_embeddings``, top level or in ``text_config``); False when unknown."""
+    import json
+
+    cfg_path = Path(model_path) / "config.json"
+    if not cfg_path.is_file():
+        return False
+    cfg = json.loads(cfg_path.read_text())
+    return bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
+
+
 def resolve_enforce_eager(value: bool | None, *, on_gpu: bool) -> bool:
     """``enforce_eager`` of an engine: an explicit value as given; None (auto) means eager on
     CPU (no CUDA graphs there) and CUDA graphs on GPU (decoding at batch 32 is launch-bound
