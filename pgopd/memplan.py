@@ -24,7 +24,8 @@ import math
 from dataclasses import dataclass
 
 from .config import Config, ConfigError
-from .memshapes import GIB, GPU_MODELS, KNOWN_CONFIGS, Shape, gpu_budget_gib, model_shape  # noqa: F401
+from .memshapes import (GIB, GPU_MODELS, KNOWN_CONFIGS, Shape, find_config_json, gpu_budget_gib,  # noqa: F401
+                        model_shape)
 from .memterms import (DS_MAX_LIVE_PARAMETERS, DS_REDUCE_BUCKET, PHASES, VLLM_ASLEEP_GIB,  # noqa: F401
                        VLLM_DEFAULT_UTIL, Phase, PlanInputs, Term, _rollout_terms, _scoring_terms, _step_terms,
                        _sync_terms, _update_terms, activation_bytes, head_grad_bytes, logits_bytes,

@@ -15,7 +15,7 @@ DS_REDUCE_BUCKET = 500_000_000
 #: DeepSpeed's stage3_max_live_parameters default (1e9): with max_reuse_distance also 1e9 by
 #: default, parameters reused within the step (checkpointed recompute) stay gathered up to it
 DS_MAX_LIVE_PARAMETERS = 1_000_000_000
-#: what a sleeping vLLM engine keeps (level-1 sleep frees weights and KV cache; its persistent
+#: what a sleeping vLLM engine keeps (sleep frees weights and KV cache; its persistent
 #: sampler/input buffers and, with CUDA graphs, the graph pool stay): the ~0.3-1 GiB seen on GPUs
 #: (issue 21); an estimate until ``pgopd preflight`` measures it
 VLLM_ASLEEP_GIB = {True: 1.0, False: 0.3}   # keyed by "CUDA graphs on"
@@ -50,9 +50,10 @@ class PlanInputs:
     reserve_gib: float = 0.0         # CUDA context, NCCL buffers, allocator fragmentation
     budget_name: str = "budget"      # where budget_gib came from, for messages
     reduce_bucket: int = DS_REDUCE_BUCKET  # DeepSpeed reduce_bucket_size (elements)
-    # the scorer keeps the last row group's teacher KV after the rollout (TeacherScorer.kv
-    # lives until the next start(); true of pgopd/train.py on 2026-12-05)
-    teacher_kv_kept: bool = True
+    # the rollout loop releases the sampler's and the scorer's KV caches when it ends
+    # (pgopd/rollout/loop.py, 2026-12-05); before that the last row group's teacher KV stayed
+    # through the update.  True models code that keeps it.
+    teacher_kv_kept: bool = False
 
     @property
     def seq_len(self) -> int:
@@ -150,7 +151,7 @@ def _resident(x: PlanInputs, phase: str) -> list[Term]:
         asleep = phase in ("update", "step") and x.vllm_mode == "colocate"
         if asleep:
             out.append(Term("vLLM asleep (buffers, graphs)", VLLM_ASLEEP_GIB[x.vllm_graphs] * GIB, (),
-                            "estimate; level-1 sleep keeps persistent buffers and CUDA graphs"))
+                            "estimate; a sleeping engine keeps persistent buffers and CUDA graphs"))
         else:
             knobs = ("train.vllm.mode",) if phase in ("update", "step") else ("train.vllm.gpu_memory_utilization",)
             out.append(Term("vLLM reservation", x.util * x.budget_gib * GIB, knobs,

@@ -122,9 +122,9 @@ def test_terms_scale_with_their_knobs():
     # offload: no teacher in the update, still there while scoring
     off = dataclasses.replace(x, teacher_offload=True)
     assert _term(off, "update", "teacher weights") == 0 < _term(off, "scoring", "teacher weights")
-    # ... but its KV cache stays (the scorer keeps it) unless the code frees it
-    assert _term(off, "update", "teacher KV kept after rollout") == kv
-    assert _term(dataclasses.replace(off, teacher_kv_kept=False), "update", "teacher KV kept after rollout") == 0
+    # ... and its KV cache is released by the rollout (counted only for code that keeps it)
+    assert _term(off, "update", "teacher KV kept after rollout") == 0
+    assert _term(dataclasses.replace(off, teacher_kv_kept=True), "update", "teacher KV kept after rollout") == kv
     # colocated vLLM sleeps during the update; a separate engine keeps its reservation
     v = dataclasses.replace(x, backend="vllm", vllm_util=0.5, vllm_mode="colocate")
     assert _term(v, "update", "vLLM reservation") == 0 and _term(v, "rollout", "vLLM reservation") == 40 * GIB

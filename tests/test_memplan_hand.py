@@ -45,7 +45,7 @@ def _hand(W: int, stage: int, rows_live: int, seq: int, micro: int, util: float)
         state["ZeRO-3 reduce bucket"] = 2 * 5e8
     kv = rows_live * seq * KV_8B
     vllm = util * H100 * GIB
-    kept = {"teacher KV kept after rollout": kv}
+    kept = {}  # the rollout loop releases the teacher KV before the update (pgopd/rollout/loop.py)
     update = {**state, **grads, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB,
               "activations (one micro-batch)": micro * (28 * 2 * 2048 + 8 * 2048),  # layer inputs + final norm
               "LM-head gradient (sum + chunk)": 2 * 2 * V * 2048,
