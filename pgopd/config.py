@@ -286,6 +286,8 @@ class TrainConfig:
     select_solved: bool = opt(False, "keep only prompts the teacher solved in the cache")
     cold_start_steps: int = opt(0, "off-policy SFT steps on cached teacher samples before OPD", min=0)
     save_every: int = opt(0, "checkpoint every N steps (0 = only at the end)", min=0)
+    keep_checkpoints: int = opt(2, "resumable checkpoints kept in <run>/resume (the newest ones; an older "
+                                "one is deleted only once a newer one is complete)", min=1)
     max_bad_steps: int = opt(5, "non-finite steps tolerated before the run stops", min=0)
     backend: str = opt("hf", "rollout backend", choices=("hf", "vllm"))
     vllm: VLLMConfig = sub(VLLMConfig, "vLLM engine (backend: vllm)")

@@ -346,7 +346,7 @@ def pgopd_command(root: Optional[str] = None) -> str:
         found = shutil.which("pgopd")
         if found and Path(found).resolve() == sibling.resolve():
             return "pgopd"
-        return str(sibling)
+        return shlex.quote(str(sibling))  # a checkout path may hold spaces
     if shutil.which("pgopd"):
         return "pgopd"
     env = f"PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}} " if root else ""
