@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import runguard, stepstats
+from . import inputcheck, runguard, stepstats
 from .config import TrainConfig
 from .checkpoint import RunState, _save_hf, _truncate_lines, _write_json_atomic, load_resume, save_resume
 from .rollout.loop import RolloutResult, rollout_in_groups
@@ -189,6 +189,7 @@ def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: st
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    inputcheck.check_reference(method, reference)
     t_start = time.perf_counter()
     random.seed(seed)
     torch.manual_seed(seed)
@@ -279,8 +280,11 @@ def _setup(cfg: TrainConfig, method: str, seed: int, teacher: str, student: str,
                          f"number of training processes ({dist.world})")
     scorer = TeacherScorer(teacher_model, tok_s.pad_token_id, topk=cfg.overlap_k,
                            chunk_tokens=cfg.logprob_chunk_tokens)
+    prompt_ids = encode_prompts(tok_s, [r["prompt"] for r in records])
+    inputcheck.check_train_inputs(cfg, records, prompt_ids, {"teacher": teacher, "student": student},
+                                  min(teacher_model.config.vocab_size, student_model.config.vocab_size))
     return _Run(cfg=cfg, method=method, seed=seed, out_dir=out_dir, records=records,
-                prompt_ids=encode_prompts(tok_s, [r["prompt"] for r in records]), tok=tok_s, engine=engine,
+                prompt_ids=prompt_ids, tok=tok_s, engine=engine,
                 teacher_model=teacher_model, scorer=scorer, dist=dist, device=device)
 
 
