@@ -22,22 +22,26 @@ def train(args):
 
     from .checkpoint import CheckpointError
     from .runguard import ResumeRefused, RunDirBusy, lock_run_dir
-    from .train import Diverged, Stop, train as run
 
     try:
-        # one writer per run directory: rank 0 holds the lock for the whole run
+        # one writer per run directory: rank 0 holds the lock for the whole run (taken before
+        # the heavy imports, so a second writer exits at once)
         lock = lock_run_dir(args.out_dir) if os.environ.get("RANK", "0") == "0" else None
-        try:
-            _train(run, args)
-        finally:
-            if lock:
-                lock.release()
-    except (RunDirBusy, ResumeRefused, CheckpointError) as e:
+    except RunDirBusy as e:
+        raise SystemExit(f"pgopd train: error: {e}") from None
+    from .train import Diverged, Stop, train as run  # (a failed import exits: the kernel drops the lock)
+
+    try:
+        _train(run, args)
+    except (ResumeRefused, CheckpointError) as e:
         raise SystemExit(f"pgopd train: error: {e}") from None
     except Stop as e:  # SIGTERM: checkpoint written; a rerun of the job resumes
         raise SystemExit(f"pgopd train: {e}; checkpoint in {args.out_dir}/resume") from None
     except Diverged as e:
         raise SystemExit(f"pgopd train: error: {e}; checkpoint in {args.out_dir}/resume") from None
+    finally:
+        if lock:
+            lock.release()
 
 
 def _train(run, args):
