@@ -180,3 +180,19 @@ def test_real_shape_models_train_with_micro_batches_row_groups_and_offload(tmp_p
     w1 = load_file(out / "checkpoint/model.safetensors")
     assert w1["model.embed_tokens.weight"].shape == (151_936, 64) and "lm_head.weight" not in w1
     assert not torch.equal(w0["model.embed_tokens.weight"], w1["model.embed_tokens.weight"])
+
+
+def test_over_long_prompt_is_refused_naming_it(setup, tmp_path):
+    """A 1 MB prompt used to reach the KV-cache allocation (a 1 TB traceback): refused at start
+    with its id, its length and the key, before any step."""
+    rows = [json.loads(x) for x in (setup / "data/train.jsonl").read_text().splitlines()]
+    rows[3]["prompt"] = "1+" * 500_000 + "1"
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = cmd(setup, tmp_path / "out")
+    c[c.index("--train-data") + 1] = str(data)
+    r = subprocess.run(c, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"train.max_new_tokens: the longest prompt (id {rows[3]['id']}, " in r.stderr
+    assert "max_position_embeddings (128" in r.stderr
+    assert not (tmp_path / "out/metrics.jsonl.tmp").exists()
