@@ -72,9 +72,10 @@ def load_model(ref: str, dtype: torch.dtype = torch.float32, device: str | torch
     except Exception as e:  # safetensors / torch / json errors name no file: name it here
         if not _is_local(ref):
             raise
-        raise ValueError(f"model {ref}: cannot be loaded ({model_file_problem(ref) or type(e).__name__ + ': ' + str(e)})"
-                         "; the files are incomplete or corrupt: delete the directory and rerun the job "
-                         "that writes it (snakemake reruns it once it is gone)") from None
+        why = model_file_problem(ref) or f"{type(e).__name__}: {e}"
+        raise ValueError(f"model {ref}: cannot be loaded ({why}); the files are incomplete or corrupt: "
+                         "delete the directory and rerun the job that writes it (snakemake reruns it "
+                         "once it is gone)") from None
     return model.to(device).eval()
 
 
