@@ -29,19 +29,22 @@ configfile: "config/config.yaml"
 
 # Typed parse first: its errors are one line naming the key (`train.pgopd.prefix_len: ...`);
 # it also does the range and cross-field checks a schema cannot express.  The schema
-# (generated from the same dataclasses) is checked as well.
+# (generated from the same dataclasses) is checked as well, on the parsed values (a number
+# YAML read as a string, `lr: 1e-6`, is the number there).
 CFG = W.load_config(config)
-validate(config, "workflow/schemas/config.schema.json")
+validate(W.C.to_dict(CFG), "workflow/schemas/config.schema.json")
 
 
 # The cluster profile (slurm/config.yaml): no CHANGE_ME placeholder reaches sbatch, no rule
-# asks for GPUs twice, and a rule without GPUs (the toy default) never queues on the GPU
-# partition: its profile partition is dropped, so it takes the default (CPU) one.  Changing
+# asks for GPUs twice, no GPU rule lands on the default partition (whatever set it: profile,
+# --default-resources, --set-resources), and a rule without GPUs (the toy default) never
+# queues on the GPU partition: its profile partition is dropped, so it takes the default one.  Changing
 # the parsed set-resources here also changes what the job steps get (--set-resources).
 _RS = workflow.resource_settings
 _SET_RES = _RS._parsed_overwrite_resources
 W.check_profile_placeholders(dict(_RS._parsed_default_resources.items()), _SET_RES)
 W.check_profile_gpu_flags(CFG, _SET_RES)
+W.check_gpu_rules_partition(CFG, dict(_RS._parsed_default_resources.items()), _SET_RES)
 for _rule in W.cpu_rules_sent_to_other_partition(CFG, dict(_RS._parsed_default_resources.items()), _SET_RES):
     del _SET_RES[_rule]._data["slurm_partition"]
     print(f"pgopd: {_rule} uses no GPU (resources.{_rule}.gpu: 0): it goes to the default partition, "

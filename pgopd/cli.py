@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="summary.json of the run a matched control copies its length / rate from")
     p.add_argument("--out-dir", required=True, type=Path,
                    help="writes checkpoint/ (HF), metrics.jsonl, candidates.jsonl, summary.json, tb/")
+    p.add_argument("--resume", choices=("auto", "never", "must"), default="auto",
+                   help="auto (default): resume from <out-dir>/resume when its checkpoints were written with "
+                        "the same method, seed, models, data and train params, else move them aside to "
+                        "<out-dir>/stale-<time>/ and start at step 0; never: always start at step 0 (old "
+                        "state moved aside); must: resume or stop with an error")
 
     p = _add(sub, "evaluate", C.EvalConfig, "eval", "avg@k accuracy of one model on each benchmark.")
     p.add_argument("--model", required=True, help="model path or HF id")

@@ -11,6 +11,7 @@ the Snakefile call:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -179,3 +180,41 @@ def check_profile_gpu_flags(cfg: Config, set_res: dict[str, dict]) -> None:
         raise ConfigError(
             "slurm profile: set-resources: train: gpu_model with resources.train.nodes > 1 (sbatch would "
             "get --gpus=<model>:1 next to --gres=gpu:N per node); pick the GPU type with constraint")
+
+
+#: a ``default-resources`` entry of the profile saying GPU jobs on the default partition are intended
+GPU_ON_DEFAULT_KEY = "gpu_on_default_partition"
+
+
+def gpu_rules_on_default_partition(cfg: Config, default_res: dict, set_res: dict[str, dict]) -> list[str]:
+    """Rules of this config with GPUs (``resources.<rule>.gpu > 0``) whose partition, after
+    every source is merged (profile, ``--default-resources``, ``--set-resources``, which
+    replaces a rule's whole profile entry), is the default one: a command-line
+    ``--set-resources train:runtime=2880`` drops the profile's GPU partition that way.
+    Empty when no default partition is set (local runs) or the profile says it is intended
+    (``default-resources: gpu_on_default_partition: true``)."""
+    default_res = default_res or {}
+    default_part = _raw(default_res.get("slurm_partition"))
+    if default_part is None or str(_raw(default_res.get(GPU_ON_DEFAULT_KEY, ""))).lower() in ("true", "1"):
+        return []
+    out = []
+    for f in dataclasses.fields(cfg.resources):
+        res = (set_res or {}).get(f.name)
+        part = _raw(res.get("slurm_partition")) if res is not None else None
+        part = default_part if part is None else part  # Resources.get takes no default
+        if getattr(cfg.resources, f.name).gpu and part == default_part:
+            out.append(f.name)
+    return out
+
+
+def check_gpu_rules_partition(cfg: Config, default_res: dict, set_res: dict[str, dict]) -> None:
+    """Refuse GPU rules that would queue on the default (CPU) partition, naming them and the fix."""
+    rules = gpu_rules_on_default_partition(cfg, default_res, set_res)
+    if rules:
+        part = _raw(default_res.get("slurm_partition"))
+        raise ConfigError(
+            f"slurm profile: {', '.join(rules)} use GPUs (resources.<rule>.gpu) but would go to the default "
+            f"partition {part!s} (a --set-resources <rule>:... on the command line replaces the profile's "
+            f"entry, partition included): add <rule>:slurm_partition=<gpu partition> to it, e.g. "
+            f"--set-resources train:runtime=2880 train:slurm_partition=<gpu partition>; if the default "
+            f"partition has the GPUs, set default-resources: {GPU_ON_DEFAULT_KEY}: true in the profile")

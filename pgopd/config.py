@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,6 +287,8 @@ class TrainConfig:
     select_solved: bool = opt(False, "keep only prompts the teacher solved in the cache")
     cold_start_steps: int = opt(0, "off-policy SFT steps on cached teacher samples before OPD", min=0)
     save_every: int = opt(0, "checkpoint every N steps (0 = only at the end)", min=0)
+    keep_checkpoints: int = opt(2, "resumable checkpoints kept in <run>/resume (the newest ones; an older "
+                                "one is deleted only once a newer one is complete)", min=1)
     max_bad_steps: int = opt(5, "non-finite steps tolerated before the run stops", min=0)
     backend: str = opt("hf", "rollout backend", choices=("hf", "vllm"))
     vllm: VLLMConfig = sub(VLLMConfig, "vLLM engine (backend: vllm)")
@@ -349,7 +352,8 @@ class ResourcesConfig:
 @dataclass
 class Config:
     pairs: dict = opt({"toy": {"teacher": "toy", "student": "toy"}}, "name -> teacher-student pair")
-    seeds: list = opt([0, 1], "training seeds; every training and evaluation job fans out over them", min=0)
+    seeds: list = opt([0, 1], "training seeds; every training and evaluation job fans out over them", min=0,
+                      max=2 ** 31 - 1)  # sampler seeds are seed * 1_000_003 + ...: within int64
     data: DataConfig = sub(DataConfig, "data preparation")
     toy_models: ToyModelsConfig = sub(ToyModelsConfig, "toy models (pairs that name 'toy')")
     teacher_cache: TeacherCacheConfig = sub(TeacherCacheConfig, "teacher caching")
@@ -369,6 +373,9 @@ def _r(value) -> str:
         return f"<{type(value).__name__} too large to show>"
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _type_name(tp) -> str:
     return {int: "integer", float: "number", bool: "boolean", str: "string", list: "list",
             dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
@@ -383,6 +390,8 @@ def _check_scalar(key: str, value, tp, meta):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {_r(value)}")
     elif tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string: the number meant
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_r(value)}")
         try:
@@ -511,9 +520,14 @@ def _cross_checks(obj, prefix):
     if isinstance(obj, PruneOPDConfig) and obj.truncate_threshold > obj.drift_threshold:
         err("truncate_threshold", f"{_r(obj.truncate_threshold)} must not exceed drift_threshold "
             f"({_r(obj.drift_threshold)})")
+    if isinstance(obj, PruneOPDConfig) and obj.drift_threshold > obj.expand_threshold:
+        err("drift_threshold", f"{_r(obj.drift_threshold)} must not exceed expand_threshold "
+            f"({_r(obj.expand_threshold)}): the window would expand while drifting")
     if isinstance(obj, TrainConfig):
-        if obj.pgopd.prefix_len > obj.max_new_tokens:
-            err("pgopd.prefix_len", f"{_r(obj.pgopd.prefix_len)} exceeds max_new_tokens ({_r(obj.max_new_tokens)})")
+        for k, v in (("pgopd.prefix_len", obj.pgopd.prefix_len), ("pruneopd.window", obj.pruneopd.window),
+                     ("controls.fixed_truncation_len", obj.controls.fixed_truncation_len)):
+            if v is not None and v > obj.max_new_tokens:
+                err(k, f"{_r(v)} exceeds max_new_tokens ({_r(obj.max_new_tokens)})")
 
 
 def parse(raw: dict) -> Config:
@@ -527,7 +541,7 @@ def load_yaml(path: str | Path) -> Any:
 
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_unique_key_loader())
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
@@ -537,6 +551,29 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: YAML syntax error: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _unique_key_loader():
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"key {key!r} given twice (first on line {seen[key] + 1}; only the last would count)",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 def load(path: str | Path) -> Config:
@@ -581,8 +618,9 @@ def _schema_for(tp, meta, item_type=None) -> dict:
         return json_schema(tp)
     if tp is list:
         item = {"type": "string", "enum": list(meta["choices"])} if "choices" in meta else {"type": "integer"}
-        if "min" in meta and "choices" not in meta:
-            item["minimum"] = meta["min"]
+        for bound, name in (("min", "minimum"), ("max", "maximum")):
+            if bound in meta and "choices" not in meta:
+                item[name] = meta[bound]
         return {"type": "array", "minItems": 1, "uniqueItems": True, "items": item}
     if tp is dict:
         s = {"type": "object", "minProperties": 1}

@@ -128,6 +128,10 @@ def evaluate_one(cfg: EvalConfig, model, tok, model_name: str, bench_jsonl: Path
     t0 = time.perf_counter()
     bench_jsonl, out = Path(bench_jsonl), Path(out)
     records = read_jsonl(bench_jsonl)
+    from .inputcheck import check_lengths
+
+    check_lengths([len(p) for p in encode_prompts(tok, [r["prompt"] for r in records])], [r["id"] for r in records],
+                  cfg.max_new_tokens, "eval.max_new_tokens", {"model": model_name})
     k = cfg.k
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".jsonl.partial")

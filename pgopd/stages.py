@@ -18,20 +18,36 @@ def cache_teacher(args):
 
 
 def train(args):
-    from .train import Diverged, Stop, train as run
+    import os
+
+    from .checkpoint import CheckpointError
+    from .runguard import ResumeRefused, RunDirBusy, lock_run_dir
+
+    try:
+        # one writer per run directory: rank 0 holds the lock for the whole run (taken before
+        # the heavy imports, so a second writer exits at once)
+        lock = lock_run_dir(args.out_dir) if os.environ.get("RANK", "0") == "0" else None
+    except RunDirBusy as e:
+        raise SystemExit(f"pgopd train: error: {e}") from None
+    from .train import Diverged, Stop, train as run  # (a failed import exits: the kernel drops the lock)
 
     try:
         _train(run, args)
+    except (ResumeRefused, CheckpointError) as e:
+        raise SystemExit(f"pgopd train: error: {e}") from None
     except Stop as e:  # SIGTERM: checkpoint written; a rerun of the job resumes
         raise SystemExit(f"pgopd train: {e}; checkpoint in {args.out_dir}/resume") from None
     except Diverged as e:
         raise SystemExit(f"pgopd train: error: {e}; checkpoint in {args.out_dir}/resume") from None
+    finally:
+        if lock:
+            lock.release()
 
 
 def _train(run, args):
     run(args.cfg, method=args.method, seed=args.seed, teacher=args.teacher, student=args.student,
         train_data=args.train_data, teacher_cache=args.teacher_cache, out_dir=args.out_dir,
-        reference=args.reference)
+        reference=args.reference, resume=args.resume)
 
 
 def evaluate(args):

@@ -40,6 +40,10 @@ def cache_teacher(cfg: TeacherCacheConfig, teacher: str, students: list[str], tr
     records = read_jsonl(train_jsonl)
     model = load_model(teacher) if cfg.backend == "hf" else None
     prompts = encode_prompts(tok, [r["prompt"] for r in records])
+    from .inputcheck import check_lengths
+
+    check_lengths([len(p) for p in prompts], [r["id"] for r in records], cfg.max_new_tokens,
+                  "teacher_cache.max_new_tokens", {"teacher": teacher})
     samples = generate_with(cfg.backend, teacher, model, prompts, eos_id=tok.eos_token_id,
                             pad_id=tok.pad_token_id, n=cfg.n_samples, temperature=cfg.temperature,
                             top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import stepstats
+from . import inputcheck, runguard, stepstats
 from .config import TrainConfig
 from .checkpoint import RunState, _save_hf, _truncate_lines, _write_json_atomic, load_resume, save_resume
 from .rollout.loop import RolloutResult, rollout_in_groups
@@ -177,6 +177,7 @@ class _Run:
     device: torch.device
     vllm_engine: object = None
     tb: object = None
+    fingerprint: dict = None  # pgopd.runguard: stored with every checkpoint
 
     @property
     def per_rank(self) -> int:
@@ -192,22 +193,24 @@ class _Run:
 
 
 def train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: str, train_data: Path,
-          teacher_cache: Path, out_dir: Path, reference: Path | None = None) -> dict:
+          teacher_cache: Path, out_dir: Path, reference: Path | None = None, resume: str = "auto") -> dict:
     """Run (or resume) one training job; returns the summary written to ``summary.json``.
-    Whether it returns or raises, the DeepSpeed engine is destroyed and every model and
-    cache dropped (``pgopd.teardown``): a later run in the same process starts empty."""
+    ``resume``: auto / never / must (:func:`pgopd.runguard.prepare_run_dir`).  Whether it
+    returns or raises, the DeepSpeed engine is destroyed and every model and cache dropped
+    (``pgopd.teardown``): a later run in the same process starts empty."""
     from .teardown import release_run
 
     held: dict = {}
     try:
         return _train(cfg, method=method, seed=seed, teacher=teacher, student=student, train_data=train_data,
-                      teacher_cache=teacher_cache, out_dir=out_dir, reference=reference, held=held)
+                      teacher_cache=teacher_cache, out_dir=out_dir, reference=reference, resume=resume,
+                      held=held)
     finally:
         release_run(held.pop("run", None))
 
 
 def _train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: str, train_data: Path,
-           teacher_cache: Path, out_dir: Path, reference: Path | None, held: dict) -> dict:
+           teacher_cache: Path, out_dir: Path, reference: Path | None, resume: str, held: dict) -> dict:
     import signal
 
     from tqdm import tqdm
@@ -216,11 +219,15 @@ def _train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: s
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    inputcheck.check_reference(method, reference)
     t_start = time.perf_counter()
     random.seed(seed)
     torch.manual_seed(seed)
     run = held["run"] = _setup(cfg, method, seed, teacher, student, train_data, teacher_cache, out_dir)
-    state = _start_state(run, teacher_cache, reference)
+    run.fingerprint = runguard.fingerprint(cfg, method=method, seed=seed, teacher=teacher, student=student,
+                                           train_data=train_data, teacher_cache=teacher_cache,
+                                           reference=reference, world=run.dist.world)
+    state = _start_state(run, teacher_cache, reference, resume)
     prompts = PromptSampler(len(run.records), seed)
     prompts.position = state.prompt_position
 
@@ -244,7 +251,7 @@ def _train(cfg: TrainConfig, *, method: str, seed: int, teacher: str, student: s
         if interrupted or (cfg.save_every and (step + 1) % cfg.save_every == 0 and not last):
             state.wall_s += time.perf_counter() - t_start
             t_start = time.perf_counter()
-            save_resume(run.engine, state, out_dir, run.dist)
+            save_resume(run.engine, state, out_dir, run.dist, run.fingerprint, cfg.keep_checkpoints)
             if interrupted:
                 log.warning("SIGTERM: checkpoint written at step %d; rerun the job to resume", step + 1)
                 raise Stop(f"interrupted after step {step + 1}")
@@ -303,17 +310,22 @@ def _setup(cfg: TrainConfig, method: str, seed: int, teacher: str, student: str,
                          f"number of training processes ({dist.world})")
     scorer = TeacherScorer(teacher_model, tok_s.pad_token_id, topk=cfg.overlap_k,
                            chunk_tokens=cfg.logprob_chunk_tokens)
+    prompt_ids = encode_prompts(tok_s, [r["prompt"] for r in records])
+    inputcheck.check_train_inputs(cfg, records, prompt_ids, {"teacher": teacher, "student": student},
+                                  min(teacher_model.config.vocab_size, student_model.config.vocab_size))
     return _Run(cfg=cfg, method=method, seed=seed, out_dir=out_dir, records=records,
-                prompt_ids=encode_prompts(tok_s, [r["prompt"] for r in records]), tok=tok_s, engine=engine,
+                prompt_ids=prompt_ids, tok=tok_s, engine=engine,
                 teacher_model=teacher_model, scorer=scorer, dist=dist, device=device)
 
 
-def _start_state(run: _Run, teacher_cache: Path, reference: Path | None) -> RunState:
+def _start_state(run: _Run, teacher_cache: Path, reference: Path | None, resume: str = "auto") -> RunState:
     """A resumed run's state (its logs cut back to the checkpoint), or a fresh one (after the
-    optional cold start)."""
+    optional cold start); checkpoints of another config are moved aside first (runguard)."""
     from .policies import make_policy
 
-    state = load_resume(run.engine, run.out_dir)
+    go = runguard.prepare_run_dir(run.out_dir, run.fingerprint, resume) if run.dist.rank == 0 else True
+    run.dist.barrier()  # the other ranks look at resume/ only once rank 0 has sorted it
+    state = load_resume(run.engine, run.out_dir) if go else None
     if state is None:
         ref = json.loads(Path(reference).read_text()) if reference else None
         state = RunState(policy=make_policy(run.method, run.cfg, seed=run.seed, reference=ref))
@@ -378,7 +390,7 @@ def _update_step(run: _Run, res: RolloutResult, state: RunState, step: int) -> d
         state.bad_steps += 1
         log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)", step, state.bad_steps)
         if state.bad_steps > cfg.max_bad_steps:
-            save_resume(run.engine, state, run.out_dir, run.dist)
+            save_resume(run.engine, state, run.out_dir, run.dist, run.fingerprint, cfg.keep_checkpoints)
             raise Diverged(f"{state.bad_steps} non-finite steps, more than train.max_bad_steps = "
                            f"{cfg.max_bad_steps}; stopping (last checkpoint kept)")
     if run.vllm_engine is not None:  # the next rollout samples from the updated student

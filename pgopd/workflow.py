@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 from . import config as C
-from . import memplan
-from .cluster import (check_data_files, check_pairs_raw, check_processes,  # noqa: F401 (used by the Snakefile)
+from . import inputcheck, memplan
+from .cluster import (check_data_files, check_gpu_rules_partition, check_pairs_raw,  # noqa: F401 (Snakefile)
+                      check_processes,
                       check_profile_gpu_flags, check_profile_placeholders, cpu_rules_sent_to_other_partition,
                       data_files, data_inputs, rendezvous_host_sh, train_launcher, train_procs_per_node,
                       train_processes)
@@ -73,6 +74,7 @@ def load_config(raw: dict) -> Config:
         teachers(cfg)
         check_processes(cfg)
         check_data_files(cfg)
+        inputcheck.check_config(cfg)  # top-k vs vocabulary, reserved benchmark names, prompt count
         memplan.check_config(cfg)  # GPU configs only: refuse a step that cannot fit the GPU
     except ConfigError as e:
         raise ConfigError(f"invalid config: {e}") from None
@@ -346,7 +348,7 @@ def pgopd_command(root: Optional[str] = None) -> str:
         found = shutil.which("pgopd")
         if found and Path(found).resolve() == sibling.resolve():
             return "pgopd"
-        return str(sibling)
+        return shlex.quote(str(sibling))  # a checkout path may hold spaces
     if shutil.which("pgopd"):
         return "pgopd"
     env = f"PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}} " if root else ""

@@ -3,11 +3,15 @@ and every output checked for content."""
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from wfcopy import copy_workflow
 
@@ -20,11 +24,22 @@ def read_jsonl(p):
     return [json.loads(x) for x in Path(p).read_text().splitlines() if x.strip()]
 
 
+def spaced_python_env(d: Path) -> tuple[str, dict]:
+    """This venv's python seen through ``d/"venv dir"`` (a link), and an env whose PATH does not
+    hold the venv: rules then call pgopd by that path with a space in it (a checkout at such a
+    path), which every rendered command must quote."""
+    venv = Path(sys.executable).parent.parent
+    if not (d / "venv dir").exists():
+        (d / "venv dir").symlink_to(venv, target_is_directory=True)
+    path = [p for p in os.environ["PATH"].split(":") if p and Path(p).resolve() != (venv / "bin").resolve()]
+    return str(d / "venv dir/bin/python"), {**os.environ, "PATH": ":".join(path)}
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = copy_workflow(tmp_path_factory.mktemp("e2e"), link_package=False)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    p = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "config/test.yaml",
+    d = copy_workflow(tmp_path_factory.mktemp("e2e with space"), link_package=False)
+    python, env = spaced_python_env(d)
+    p = subprocess.run([python, "-m", "snakemake", "--cores", "2", "--configfile", "config/test.yaml",
                         "--workflow-profile", "workflow/profiles/default"],
                        cwd=d, env=env, capture_output=True, text=True, timeout=900)
     if p.returncode:
@@ -115,3 +130,44 @@ def test_evaluation_and_table(run_dir):
     assert float(costs["opd"]["teacher_per_trained"]) >= 1.0
     fals = (run_dir / "tables/falsification.md").read_text()
     assert "**Verdict (final correctness" in fals and "reward variance vs window overlap" in fals
+
+
+def test_config_change_after_a_stopped_train_job_starts_over(run_dir):
+    """Issue 20's flow: a train job stopped mid-run (SIGTERM: checkpoint written), `train.lr`
+    changed, the same target rerun: the job starts at step 0 with the new lr, the stopped
+    run's checkpoints kept aside.  Runs last: it rewrites results/train/toy/opd/seed0."""
+    d = run_dir.parent
+    base = yaml.safe_load((d / "config/test.yaml").read_text())
+    run = run_dir / "train/toy/opd/seed0"
+    python, env = spaced_python_env(d)
+    target = "results/train/toy/opd/seed0/summary.json"
+
+    def snakemake(cfg: dict, wait=True):
+        (d / "config/lr.yaml").write_text(yaml.safe_dump(cfg))
+        args = [python, "-m", "snakemake", target, "--cores", "1", "--configfile", "config/lr.yaml"]
+        if wait:
+            return subprocess.run(args, cwd=d, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.Popen(args, cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    first = {**base, "train": {**base["train"], "steps": 40, "save_every": 1, "lr": 3e-5}}
+    p = snakemake(first, wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and not list((run / "resume").glob("step-*/manifest.json")):
+        time.sleep(0.2)
+    assert p.poll() is None, "the train job ended before its first checkpoint"
+    holder = re.search(r"pid (\d+)", (run / ".lock").read_text())
+    os.kill(int(holder.group(1)), signal.SIGTERM)  # slurm's time-limit warning
+    p.wait(timeout=120)
+    assert p.returncode != 0 and list((run / "resume").glob("step-*"))
+    stopped_at = max(int(x.name[5:]) for x in (run / "resume").glob("step-*"))
+
+    r = snakemake({**first, "train": {**first["train"], "steps": 3, "lr": 0.1}})
+    log = (run_dir / "logs/train/toy/opd/seed0.log").read_text()
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + log[-3000:]
+    assert "keys that differ: train.lr, train.steps" in log and "resuming" not in log
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2] and {m["lr"] for m in metrics} == {0.1}
+    # the finished run's tb/ (not an output, so Snakemake left it) went aside on the first rerun
+    (stale,) = [x for x in run.glob("stale-*") if (x / "resume").exists()]
+    assert "keys that differ: train.lr, train.steps" in (stale / "REASON").read_text()
+    assert max(int(x.name[5:]) for x in (stale / "resume").glob("step-*")) == stopped_at

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM
 
+from pgopd.checkpoint import checkpoint_dirs
 from pgopd.models.tokenizer import build_char_tokenizer
 
 PGOPD = [sys.executable, "-m", "pgopd.cli"]
@@ -43,13 +44,29 @@ def metrics(out):
             for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_kill_and_resume_equals_uninterrupted(setup):
-    d = setup
-    ref = d / "ref"
-    r = subprocess.run(cmd(d, ref, method="pgopd", save_every=1), env=env(), capture_output=True, text=True,
+@pytest.fixture(scope="module")
+def ref(setup):
+    """An uninterrupted pgopd run (checkpoints every step) the resumed runs must equal."""
+    ref = setup / "ref"
+    r = subprocess.run(cmd(setup, ref, method="pgopd", save_every=1), env=env(), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    return ref
 
+
+def assert_same_run(ref, out):
+    a, b = load_file(ref / "checkpoint/model.safetensors"), load_file(out / "checkpoint/model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert metrics(ref) == metrics(out)
+    assert (ref / "candidates.jsonl").read_text() == (out / "candidates.jsonl").read_text()
+    s_ref, s_out = (json.loads((x / "summary.json").read_text()) for x in (ref, out))
+    assert s_ref["gen_tokens"] == s_out["gen_tokens"] and s_ref["continue_rate"] == s_out["continue_rate"]
+
+
+def test_kill_and_resume_equals_uninterrupted(setup, ref):
+    d = setup
     out = d / "killed"
     p = subprocess.Popen(cmd(d, out, method="pgopd", save_every=1), env=env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -62,7 +79,7 @@ def test_kill_and_resume_equals_uninterrupted(setup):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode != 0, "a SIGTERM-ed run must not look finished"
-    assert "checkpoint" in err and (out / "resume/run_state.pkl").exists()
+    assert "checkpoint" in err and checkpoint_dirs(out)
     assert not (out / "summary.json").exists() and not (out / "checkpoint").exists()
     done_before = len(partial.read_text().splitlines())
     assert 2 <= done_before < 6
@@ -71,15 +88,33 @@ def test_kill_and_resume_equals_uninterrupted(setup):
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming from step {done_before}" in r.stderr
-    a, b = load_file(ref / "checkpoint/model.safetensors"), load_file(out / "checkpoint/model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert metrics(ref) == metrics(out)
-    assert (ref / "candidates.jsonl").read_text() == (out / "candidates.jsonl").read_text()
-    s_ref, s_out = (json.loads((x / "summary.json").read_text()) for x in (ref, out))
-    assert s_ref["gen_tokens"] == s_out["gen_tokens"] and s_ref["continue_rate"] == s_out["continue_rate"]
+    assert_same_run(ref, out)
     assert not (out / "resume").exists()
+
+
+def test_checkpoint_cut_short_falls_back_to_previous(setup, ref, tmp_path):
+    """kill -9 while the newest checkpoint was being written (its model file cut short): the
+    rerun says so, resumes from the previous complete checkpoint, and ends as the
+    uninterrupted run."""
+    out = tmp_path / "cut"
+    p = subprocess.Popen(cmd(setup, out, method="pgopd", save_every=1), env=env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint_dirs(out)) < 2:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=120)
+    dirs = checkpoint_dirs(out)
+    assert len(dirs) == 2, "the previous complete checkpoint is kept"
+    (newest,) = [f for f in (dirs[-1] / "state").glob("*model_states.pt")]
+    with open(newest, "r+b") as fh:  # what a node that died mid-write leaves
+        fh.truncate(newest.stat().st_size // 2)
+    r = subprocess.run(cmd(setup, out, method="pgopd", save_every=1), env=env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert str(newest) in r.stderr and "truncated" in r.stderr
+    assert f"resuming from step {int(dirs[0].name[5:])}" in r.stderr
+    assert_same_run(ref, out)
 
 
 def test_non_finite_steps_stop_with_checkpoint(setup, tmp_path):
@@ -95,7 +130,7 @@ def test_non_finite_steps_stop_with_checkpoint(setup, tmp_path):
     r = subprocess.run(c, env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert "max_bad_steps" in r.stderr and "Traceback" not in r.stderr
-    assert (tmp_path / "out/resume/run_state.pkl").exists()
+    assert checkpoint_dirs(tmp_path / "out")
     lines = (tmp_path / "out/metrics.jsonl.tmp").read_text().splitlines()
     assert [json.loads(x)["bad_steps"] for x in lines] == [1]  # step 0 counted, step 1 stopped the run
 
@@ -145,3 +180,19 @@ def test_real_shape_models_train_with_micro_batches_row_groups_and_offload(tmp_p
     w1 = load_file(out / "checkpoint/model.safetensors")
     assert w1["model.embed_tokens.weight"].shape == (151_936, 64) and "lm_head.weight" not in w1
     assert not torch.equal(w0["model.embed_tokens.weight"], w1["model.embed_tokens.weight"])
+
+
+def test_over_long_prompt_is_refused_naming_it(setup, tmp_path):
+    """A 1 MB prompt used to reach the KV-cache allocation (a 1 TB traceback): refused at start
+    with its id, its length and the key, before any step."""
+    rows = [json.loads(x) for x in (setup / "data/train.jsonl").read_text().splitlines()]
+    rows[3]["prompt"] = "1+" * 500_000 + "1"
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = cmd(setup, tmp_path / "out")
+    c[c.index("--train-data") + 1] = str(data)
+    r = subprocess.run(c, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"train.max_new_tokens: the longest prompt (id {rows[3]['id']}, " in r.stderr
+    assert "max_position_embeddings (128" in r.stderr
+    assert not (tmp_path / "out/metrics.jsonl.tmp").exists()

@@ -67,8 +67,39 @@ def load_model(ref: str, dtype: torch.dtype = torch.float32, device: str | torch
     from transformers import AutoModelForCausalLM
 
     ref = resolve_model_ref(ref)
-    model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, local_files_only=_is_local(ref))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, local_files_only=_is_local(ref))
+    except Exception as e:  # safetensors / torch / json errors name no file: name it here
+        if not _is_local(ref):
+            raise
+        why = model_file_problem(ref) or f"{type(e).__name__}: {e}"
+        raise ValueError(f"model {ref}: cannot be loaded ({why}); the files are incomplete or corrupt: "
+                         "delete the directory and rerun the job that writes it (snakemake reruns it "
+                         "once it is gone)") from None
     return model.to(device).eval()
+
+
+def model_file_problem(ref: str) -> str | None:
+    """The first weight file of local model ``ref`` whose size disagrees with its own header
+    (a safetensors file cut short), or None: one line naming the file."""
+    import json
+    import struct
+    from pathlib import Path
+
+    for f in sorted(Path(ref).glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n)) if 8 + n <= size else None
+        except (OSError, ValueError, struct.error):
+            header = None
+        if header is None:
+            return f"{f}: unreadable header ({size} bytes)"
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            return f"{f}: {size} bytes, its header says {8 + n + end} (truncated)"
+    return None
 
 
 def _vocab_by_id(tok) -> list[str]:
