@@ -144,7 +144,7 @@ def test_paper_config_fits_80gb_and_refuses_without_the_memory_knobs():
         M.check_config(C.parse(raw))
     raw = paper_raw()
     raw["train"].update(max_tokens_per_micro_batch=0, gradient_checkpointing=False)
-    with pytest.raises(C.ConfigError, match=r"phase update needs .*train\.max_tokens_per_micro_batch: 8192") as e:
+    with pytest.raises(C.ConfigError, match=r"phase update needs .*train\.max_tokens_per_micro_batch: \d+ \(now 0") as e:
         M.check_config(C.parse(raw))
     # checkpointing alone leaves 64k tokens' layer inputs and logits: it cannot fit, so it is not named
     assert "gradient_checkpointing" not in str(e.value)
