@@ -129,6 +129,11 @@ class DataConfig:
                           "or skip it and count it", choices=("error", "skip"))
     system_prompt: str = opt("", "optional system message put before every prompt")
     prompt_suffix: str = opt("", "text appended to every user prompt (e.g. the \\boxed{} instruction)")
+    max_prompt_tokens: int = opt(0, "longest prompt kept, in tokens of data.tokenizer with the chat template "
+                                    "and system prompt (0 = no limit); a longer one stops prepare_data "
+                                    "(on_bad_row: error) or is dropped and counted (skip)", min=0)
+    tokenizer: str = opt("", "the tokenizer that counts max_prompt_tokens: a local model directory or a "
+                             "Hugging Face id (usually the student's)")
 
     _item_types = {"benchmarks": BenchmarkConfig}
 
@@ -504,6 +509,9 @@ def _cross_checks(obj, prefix):
         err("path", "source: file needs a path")
     if isinstance(obj, (BenchmarkConfig, TrainDataConfig)) and obj.source == "hf" and not obj.hf_name:
         err("hf_name", "source: hf needs hf_name (a dataset name on the Hugging Face Hub)")
+    if isinstance(obj, DataConfig) and obj.max_prompt_tokens and not obj.tokenizer:
+        err("tokenizer", f"max_prompt_tokens ({_r(obj.max_prompt_tokens)}) counts tokens of a tokenizer: "
+            "name one (a model directory or Hugging Face id, usually the student's)")
     if isinstance(obj, RuleResources):
         if obj.launcher == "deepspeed" and obj.nodes > 1:
             err("launcher", "the deepspeed launcher needs a hostfile and ssh across nodes; with "

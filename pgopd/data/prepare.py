@@ -82,6 +82,51 @@ def build_benchmark(cfg: DataConfig, name: str, bench: BenchmarkConfig,
                       name=name, key=f"data.benchmarks.{name}")
 
 
+def prompt_lengths(cfg: DataConfig, records: list[dict], tokenizer) -> list[int]:
+    """Tokens of each record's prompt as the model sees it (chat template, system prompt and
+    generation prompt included: ``encode_prompts``, what train / evaluate feed the model)."""
+    from ..models.loading import encode_prompts
+
+    return [len(ids) for ids in encode_prompts(tokenizer, [r["prompt"] for r in records], cfg.system_prompt)]
+
+
+def limit_prompt_length(cfg: DataConfig, split: str, records: list[dict], stats: dict,
+                        lengths: list[int]) -> list[dict]:
+    """Records whose prompt fits ``data.max_prompt_tokens``: with ``on_bad_row: error`` a longer
+    one stops the stage, naming how many and the longest (a 1 MB prompt would otherwise reach
+    training and die allocating its KV cache); with ``skip`` they are dropped and counted in
+    ``stats["skipped"]["prompt_too_long"]`` (``stats["longest_dropped"]`` names the longest)."""
+    limit = cfg.max_prompt_tokens
+    over = [(n, r["id"]) for n, r in zip(lengths, records) if n > limit]
+    stats["skipped"]["prompt_too_long"] = len(over)
+    if not over:
+        return records
+    n_max, id_max = max(over, key=lambda x: x[0])
+    what = (f"data.max_prompt_tokens: {split}: {len(over)} of {len(records)} prompts are longer than "
+            f"{limit} tokens (data.tokenizer {cfg.tokenizer!r}); the longest, id {id_max!r}, has {n_max}")
+    if cfg.on_bad_row == "error":
+        raise ValueError(what + "; raise the limit, or set data.on_bad_row: skip to drop them")
+    log.warning("%s: dropped", what)
+    stats["longest_dropped"] = {"id": id_max, "tokens": n_max}
+    stats["kept"] -= len(over)
+    too_long = {i for _, i in over}
+    return [r for r in records if r["id"] not in too_long]
+
+
+def _apply_prompt_limit(cfg: DataConfig, splits: dict[str, tuple[list[dict], dict]]) -> dict:
+    if not cfg.max_prompt_tokens:
+        return splits
+    from ..models.loading import load_tokenizer
+
+    try:
+        tok = load_tokenizer(cfg.tokenizer)
+    except Exception as e:  # noqa: BLE001 -- any loading failure: name the key and the cause
+        raise ValueError(f"data.tokenizer: cannot load {cfg.tokenizer!r} to count max_prompt_tokens "
+                         f"({type(e).__name__}: {e})") from None
+    return {split: (limit_prompt_length(cfg, split, recs, st, prompt_lengths(cfg, recs, tok)), st)
+            for split, (recs, st) in splits.items()}
+
+
 def prepare_data(cfg: DataConfig, out_dir: Path) -> dict:
     """Write ``train.jsonl``, ``bench/<name>.jsonl`` and ``stats.json``; returns the stats."""
     out_dir = Path(out_dir)
@@ -96,6 +141,10 @@ def prepare_data(cfg: DataConfig, out_dir: Path) -> dict:
         seen |= {r["prompt"] for r in records}
         benches[name] = (records, stats)
 
+    limited = _apply_prompt_limit(cfg, {"train": (train, train_stats),
+                                        **{f"bench/{n}": v for n, v in benches.items()}})
+    train, train_stats = limited.pop("train")
+    benches = {n.removeprefix("bench/"): v for n, v in limited.items()}
     write_jsonl(out_dir / "train.jsonl", train)
     for name, (records, _) in benches.items():
         write_jsonl(out_dir / "bench" / f"{name}.jsonl", records)
