@@ -281,7 +281,7 @@ def _update_terms(x: PlanInputs) -> list[Term]:
         # autograd makes a parameter's full gradient before ZeRO's hook copies it into the bucket
         out.append(Term("one layer's full gradient", db * s.layer_params, (), "before the reduce hook"))
     if x.zero_stage == 2:
-        # stage_1_and_2.py:3262 setup_buckets: allocated in each backward, in the weights' dtype
+        # stage_1_and_2.py:3266 setup_buckets: allocated in each backward, in the weights' dtype
         # (``_gradient_reduction_buffer_dtype``: ZeRO-2 does not use the grad_accum attribute)
         out.append(Term("ZeRO-2 reduce bucket", x.dtype_bytes * x.reduce_bucket, (),
                         f"reduce_bucket_size {x.reduce_bucket:.3g} elements"))
@@ -325,7 +325,7 @@ def _step_terms(x: PlanInputs) -> list[Term]:
     ``_foreach_sqrt(exp_avg_sq)``; on CPU the single-tensor path makes the same ``denom``).
     ZeRO-1/2 with fp32 gradients step on the fp32 partition itself (stage_1_and_2.py step:
     ``flat_grad_partition.to(fp32)`` returns the same tensor, no copy); before that the
-    gradient norm casts each parameter's gradient slice to fp64 (stage_1_and_2.py:2683,
+    gradient norm casts each parameter's gradient slice to fp64 (stage_1_and_2.py:2684,
     ``g.data.to(get_norm_dtype())``, zero/utils.py:59: double): 8 B x the largest slice, which
     is freed before the optimizer runs, so the phase holds the larger of the two.  (ZeRO-3's
     norm copy, 8 B x the largest parameter / world, is below its copy + AdamW.)"""
