@@ -9,7 +9,8 @@ peak minus the RSS just before it, and is compared with the plan's phase-specifi
              (plan: student weights + gradients + optimizer states [+ ZeRO-3 reduce bucket]);
     update   ``pgopd.update.accumulate`` of one micro-batch (activations, LM-head chunk, the
              head's gradient, ZeRO-2 reduce bucket / ZeRO-3 gathered parameters);
-    step     ``engine.step()`` (fp32 gradient partition, AdamW temporary);
+    step     ``engine.step()`` (ZeRO-3: fp32 gradient partition + AdamW temporary; ZeRO-2:
+             the larger of the AdamW temporary and the fp64 copy of the gradient norm);
     sync     ``train._full_named_params`` (ZeRO-3: all weights gathered and cloned);
     scoring  a bf16 teacher's ``TeacherScorer`` over the live rows to full length (its KV,
              the KV growth, GQA's expanded K/V, one layer's MLP, one chunk of logits).
@@ -201,7 +202,7 @@ def predicted(case: str, stage: int, world: int = 2) -> dict:
     sx = dataclasses.replace(x, rows=c["live"], prompt_tokens=c["s_prompt"], logprob_chunk=c["s_chunk"],
                              max_new_tokens=c["s_response"] // c["score_chunk"] * c["score_chunk"])
     # ZeRO-2's gradient partition appears in the backward (a transient of the update here)
-    grads = {"student gradients": 2 * s.params / world} if stage == 2 else {}
+    grads = {t.name: t.bytes for t in M.student_state_terms(x) if t.name == "student gradients"} if stage == 2 else {}
     return {"state": {t.name: t.bytes for t in M.student_state_terms(x, training=False) if t.bytes},
             "update": {**{t.name: t.bytes for t in M._update_terms(x)}, **grads},
             "step": {t.name: t.bytes for t in M._step_terms(x)},

@@ -91,6 +91,13 @@ class Shape:
         return self.vocab * self.hidden
 
     @property
+    def largest_tensor(self) -> int:
+        """Elements of the largest single parameter (the embedding, an MLP or attention matrix):
+        DeepSpeed reduces a parameter larger than its bucket on its own, and its norm of the
+        gradient is taken one parameter at a time."""
+        return max(self.embedding, self.hidden * self.intermediate, self.hidden * self.q_dim)
+
+    @property
     def layer_params(self) -> int:
         h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
         return h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h + (2 * self.head_dim if self.qk_norm else 0)

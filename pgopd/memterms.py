@@ -108,25 +108,42 @@ class Phase:
         return self.bytes / GIB
 
 
+def grad_bytes(x: PlanInputs) -> int:
+    """Bytes per gradient element DeepSpeed keeps: ``train.bf16_precision_keys`` sets
+    ``data_types.grad_accum_dtype: fp32`` under ZeRO 1-3, so the gradient partitions are fp32
+    (stage_1_and_2.py:1270 / stage3.py:791: ``dtype=self.gradient_accumulation_dtype``); at
+    stage 0 (and in fp32) they have the weights' dtype."""
+    return 4 if x.zero_stage >= 1 else x.dtype_bytes
+
+
+#: ``communication_data_type: fp32`` (train.bf16_precision_keys): ZeRO-3's reduce bucket has the
+#: communication dtype (stage3.py:475 ``comm_dtypes = {self.communication_data_type}``, :782)
+COMM_BYTES = 4
+
+
 def student_state_terms(x: PlanInputs, training: bool = True) -> list[Term]:
     """Weights, gradients and optimizer states (fp32 master + Adam m, v) under ZeRO stage s
     (ZeRO paper, Rajbhandari et al. 2020): stage >= 1 shards the optimizer states over the
-    ranks, >= 2 the gradients, 3 the weights.  ZeRO-3 also holds its reduce bucket from the
-    start (deepspeed/runtime/zero/stage3.py: ``torch.empty(reduce_bucket_size)`` at init).
-    ZeRO-2's gradient partition exists only from a backward to the step (stage_1_and_2:
-    ``grads_in_partition`` is allocated in backward and released after the step): it is a term
-    of the update and step phases only (``training``)."""
+    ranks, >= 2 the gradients, 3 the weights.  Gradients: :func:`grad_bytes` (fp32 under ZeRO
+    1-3; ZeRO-1 keeps an fp32 ``grad_accum`` of every parameter, stage_1_and_2.py:1237, not
+    measured here).  ZeRO-3 holds its gradient partition (stage3.py:791, ``torch.zeros``) and
+    its fp32 reduce bucket (stage3.py:782, ``torch.empty(reduce_bucket_size)``) from init.
+    ZeRO-2's gradient partition exists only from a backward to the step (stage_1_and_2.py:1268
+    ``_build_compact_grad_partition_buffer``: made at the first reduce, released in step): it is
+    a term of the update and step phases only (``training``)."""
     P, db, W, s = x.student.params, x.dtype_bytes, x.world, x.zero_stage
+    gb = grad_bytes(x)
     opt_bytes = (4 if db < 4 else 0) + 8      # a master copy only under mixed precision
     zk = () if s == 3 else ("train.zero_stage",)
     out = [Term("student weights", db * P / (W if s >= 3 else 1), zk, f"{P / 1e9:.2f}B params x {db} B"),
-           Term("student gradients", db * P / (W if s >= 2 else 1) if training or s != 2 else 0,
-                zk if s < 2 else (), "" if training or s != 2 else "ZeRO-2: only from backward to step"),
+           Term("student gradients", gb * P / (W if s >= 2 else 1) if training or s != 2 else 0,
+                zk if s < 2 else (), (f"{gb} B/param" if training or s != 2 else
+                                      "ZeRO-2: only from backward to step")),
            Term("optimizer states", opt_bytes * P / (W if s >= 1 else 1), zk,
                 f"{opt_bytes} B/param" + (f", sharded over {W}" if s >= 1 and W > 1 else ""))]
     if s == 3:
-        out.append(Term("ZeRO-3 reduce bucket", db * x.reduce_bucket, (),
-                        f"reduce_bucket_size {x.reduce_bucket:.3g} elements, held from init"))
+        out.append(Term("ZeRO-3 reduce bucket", COMM_BYTES * x.reduce_bucket, (),
+                        f"reduce_bucket_size {x.reduce_bucket:.3g} elements x {COMM_BYTES} B, held from init"))
     return out
 
 
@@ -263,27 +280,67 @@ def _update_terms(x: PlanInputs) -> list[Term]:
     if x.zero_stage >= 2:
         # autograd makes a parameter's full gradient before ZeRO's hook copies it into the bucket
         out.append(Term("one layer's full gradient", db * s.layer_params, (), "before the reduce hook"))
-    if x.zero_stage == 2:  # stage_1_and_2.setup_buckets: allocated in each backward (contiguous_gradients)
+    if x.zero_stage == 2:
+        # stage_1_and_2.py:3266 setup_buckets: allocated in each backward, in the weights' dtype
+        # (``_gradient_reduction_buffer_dtype``: ZeRO-2 does not use the grad_accum attribute)
         out.append(Term("ZeRO-2 reduce bucket", x.dtype_bytes * x.reduce_bucket, (),
                         f"reduce_bucket_size {x.reduce_bucket:.3g} elements"))
+        n = zero2_reduce_elements(x)
+        # allreduce_bucket (stage_1_and_2.py:2367, :2377): ``self.flatten(bucket)`` copies the
+        # bucket (or a parameter larger than it, reduced alone) and ``.to(fp32)`` casts that
+        # copy for communication_data_type fp32; both are alive during the all-reduce
+        cast = 4 if x.dtype_bytes < 4 else 0
+        out.append(Term("ZeRO-2 reduce copy + fp32 cast", (x.dtype_bytes + cast) * n, (),
+                        f"{n:.3g} elements x {x.dtype_bytes + cast} B"))
+    if x.zero_stage == 3:
+        out.append(Term("ZeRO-3 reduce-scatter buffers", zero3_reduce_bytes(x), (),
+                        "fp32 flat buffer (and fp32 cast of a parameter larger than the bucket)"))
     if x.zero_stage == 3:
         out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (),
                         "every parameter up to stage3_max_live_parameters (1e9)"))
     return out
 
 
+def zero2_reduce_elements(x: PlanInputs) -> float:
+    """Elements ZeRO-2 reduces at once: a full bucket, or a parameter larger than the bucket
+    (reduced on its own; its slices are flushed once they exceed the bucket, so at most one
+    partition's worth of it)."""
+    return max(x.reduce_bucket, min(x.student.largest_tensor, -(-x.student.params // x.world)))
+
+
+def zero3_reduce_bytes(x: PlanInputs) -> float:
+    """ZeRO-3's reduce-scatter of one bucket (stage3.py:1913 ``__avg_scatter_grads``):
+    ``reduce_scatter_coalesced`` flattens the gradients into one fp32 buffer (4 B x the bucket);
+    a parameter larger than the bucket is not copied into the fp32 bucket (stage3.py:1626), so
+    its bf16 gradient is first cast to fp32 (stage3.py:1920): 8 B x that parameter."""
+    big = x.student.largest_tensor
+    per = COMM_BYTES + (4 if x.dtype_bytes < 4 else 0)
+    return max(COMM_BYTES * x.reduce_bucket, per * big if big > x.reduce_bucket else 0)
+
+
 def _step_terms(x: PlanInputs) -> list[Term]:
-    """DeepSpeed's step under mixed precision makes an fp32 copy of the rank's gradient partition
-    (stage_1_and_2.step / stage3._prepare_fp32_grad_for_sub_group: ``.to(fp32)``), and torch's
-    AdamW one fp32 temporary of the partition (foreach: ``_foreach_sqrt(exp_avg_sq)``; on CPU the
-    single-tensor path makes the same ``denom`` of DeepSpeed's one flat tensor)."""
+    """DeepSpeed's step.  ZeRO-3 (and ZeRO-0 under mixed precision) makes an fp32 flat copy of
+    the rank's gradient partition (stage3.py:2686 ``_prepare_fp32_grad_for_sub_group``:
+    ``self.flatten(...)``), and torch's AdamW one fp32 temporary of the partition (foreach:
+    ``_foreach_sqrt(exp_avg_sq)``; on CPU the single-tensor path makes the same ``denom``).
+    ZeRO-1/2 with fp32 gradients step on the fp32 partition itself (stage_1_and_2.py step:
+    ``flat_grad_partition.to(fp32)`` returns the same tensor, no copy); before that the
+    gradient norm casts each parameter's gradient slice to fp64 (stage_1_and_2.py:2684,
+    ``g.data.to(get_norm_dtype())``, zero/utils.py:59: double): 8 B x the largest slice, which
+    is freed before the optimizer runs, so the phase holds the larger of the two.  (ZeRO-3's
+    norm copy, 8 B x the largest parameter / world, is below its copy + AdamW.)"""
     shard = x.world if x.zero_stage >= 1 else 1
     P = x.student.params
     zk = ("train.zero_stage",) if x.zero_stage < 1 else ()
+    adam = Term("AdamW temporary", 4 * P / shard, zk, "sqrt(v): one fp32 buffer of the partition")
+    if x.zero_stage in (1, 2):
+        n = min(x.student.largest_tensor, -(-P // shard))
+        norm = Term("fp64 gradient-norm copy", 8 * n, (), f"{n:.3g} elements of one parameter x 8 B")
+        return [max(adam, norm, key=lambda t: t.bytes)]
     out = []
     if x.dtype_bytes < 4:
-        out.append(Term("fp32 gradient partition", 4 * P / shard, zk, "the grads cast for the fp32 master"))
-    out.append(Term("AdamW temporary", 4 * P / shard, zk, "sqrt(v): one fp32 buffer of the partition"))
+        out.append(Term("fp32 gradient partition", 4 * P / shard, zk, "the partition flattened for the fp32 master"))
+    out.append(adam)
     return out
 
 

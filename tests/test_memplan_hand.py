@@ -39,10 +39,11 @@ def _hand(W: int, stage: int, rows_live: int, seq: int, micro: int, util: float)
     shard = lambda s: W if stage >= s else 1  # noqa: E731
     state = {"student weights": 2 * P_17B / shard(3), "optimizer states": 12 * P_17B / shard(1),
              "runtime reserve": 3 * GIB,  # ZeRO-2 grads exist from backward to step only
-             "student gradients": 2 * P_17B / shard(2) if stage != 2 else 0}
-    grads = {"student gradients": 2 * P_17B / shard(2)}
-    if stage == 3:
-        state["ZeRO-3 reduce bucket"] = 2 * 5e8
+             # fp32 gradients: train.bf16_precision_keys sets data_types.grad_accum_dtype fp32
+             "student gradients": 4 * P_17B / shard(2) if stage != 2 else 0}
+    grads = {"student gradients": 4 * P_17B / shard(2)}
+    if stage == 3:  # communication_data_type fp32: the bucket is fp32
+        state["ZeRO-3 reduce bucket"] = 4 * 5e8
     kv = rows_live * seq * KV_8B
     vllm = util * H100 * GIB
     kept = {}  # the rollout loop releases the teacher KV before the update (pgopd/rollout/loop.py)
@@ -58,8 +59,16 @@ def _hand(W: int, stage: int, rows_live: int, seq: int, micro: int, util: float)
         update["log-prob logits (fwd+bwd)"] = head_chunk
     if stage == 2:
         update["ZeRO-2 reduce bucket"] = 2 * 5e8
+        # a full bucket (5e8 > the 311M-element embedding) flattened (bf16) and cast to fp32
+        update["ZeRO-2 reduce copy + fp32 cast"] = (2 + 4) * 5e8
     else:  # DeepSpeed's stage3_max_live_parameters: 1e9 elements stay gathered
         update["ZeRO-3 gathered parameters"] = 2 * 1e9
+        update["ZeRO-3 reduce-scatter buffers"] = 4 * 5e8  # fp32 flat buffer of one bucket
+    if stage == 2:  # the fp32 partition is stepped on as is; the norm's fp64 copy of the
+        # embedding's slice (311M elements > the partition, P / 8) beats AdamW's 4 B x P / 8
+        step = {"fp64 gradient-norm copy": 8 * P_17B / W}
+    else:
+        step = {"fp32 gradient partition": 4 * P_17B / shard(1), "AdamW temporary": 4 * P_17B / shard(1)}
     sync = {**state, **kept, "vLLM reservation": vllm}
     if stage == 3:
         sync.update({"ZeRO-3 gathered weights (all)": 2 * P_17B, "weight clones for vLLM": 2 * P_17B})
@@ -71,8 +80,7 @@ def _hand(W: int, stage: int, rows_live: int, seq: int, micro: int, util: float)
                     "teacher layer transient": 3 * rows_live * 1024 * 12288 * 2,  # the prompt's prefill
                     "teacher logits": 1024 * V * 8},
         "update": update,
-        "step": {**state, **grads, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB,
-                 "fp32 gradient partition": 4 * P_17B / shard(1), "AdamW temporary": 4 * P_17B / shard(1)},
+        "step": {**state, **grads, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB, **step},
         "sync": sync,
     }
 
