@@ -438,11 +438,6 @@ def _finish(engine, tok, cfg, state: RunState, out_dir: Path, dist, t_start, met
         shutil.rmtree(out_dir / "resume", ignore_errors=True)  # the HF checkpoint is the result
     dist.barrier()
     log.info("done: %s", summary)
-    if dist.td:
-        # torn down here, not at interpreter exit: a rank on the second of two slurm nodes
-        # aborted there ("terminate called without an active exception") after its last step,
-        # failing the finished job (2026-12-05)
-        dist.td.destroy_process_group()
     return summary
 
 
