@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -147,7 +148,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(request):
     if os.geteuid() != 0:
         pytest.skip("the local slurm cluster needs root (slurmd starts jobs as their user)")
     # the script's directory: MariaDB (user mysql) must reach it, pytest's tmp dirs are 0700
@@ -157,6 +158,8 @@ def cluster(tmp_path_factory):
     c = Cluster(base)
     yield c
     c.stop()
+    if not request.session.testsfailed:  # the daemons' logs stay for a failed run
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _profile(wd: Path, name: str, account: str | None) -> str:
