@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,6 +301,9 @@ def _setup(cfg: TrainConfig, method: str, seed: int, teacher: str, student: str,
                                            model_parameters=[p for p in student_model.parameters()
                                                              if p.requires_grad])
     dist = Dist()
+    if dist.world > 1:  # where each process runs: a multi-node job's log names every node
+        log.info("process %d of %d on %s", dist.rank, dist.world,
+                 os.environ.get("SLURMD_NODENAME") or socket.gethostname())
     if cfg.zero_stage == 3 and dist.world > 1 and cfg.backend == "hf":
         # ZeRO-3 gathers parameters with a collective in every forward; ranks that generate
         # different numbers of tokens would deadlock in the hf sampler
