@@ -257,7 +257,7 @@ def test_scancel_then_rerun_resumes_from_the_checkpoint(cluster, wd):
                          stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not (run_dir / "resume" / "run_state.pkl").exists():
+        while not any((run_dir / "resume").glob("step-*/manifest.json")):  # a complete checkpoint
             assert p.poll() is None and time.monotonic() < deadline, "the train job never wrote a checkpoint"
             time.sleep(0.5)
         running = [j for j, state, _ in _squeue() if state == "RUNNING"]
