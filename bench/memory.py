@@ -8,7 +8,8 @@ peak minus the RSS just before it, and is compared with the plan's phase-specifi
     state    RSS after the engine exists and one warm step ran, minus RSS after the imports
              (plan: student weights + gradients + optimizer states [+ ZeRO-3 reduce bucket]);
     update   ``pgopd.update.accumulate`` of one micro-batch (activations, LM-head chunk, the
-             head's gradient, ZeRO-2 reduce bucket / ZeRO-3 gathered parameters);
+             head's gradient, ZeRO-2 reduce bucket / ZeRO-3 gathered parameters); the plan is
+             the largest of its moments (backward start, layer reduces, last reduce);
     step     ``engine.step()`` (ZeRO-3: fp32 gradient partition + AdamW temporary; ZeRO-2:
              the larger of the AdamW temporary and the fp64 copy of the gradient norm);
     sync     ``train._full_named_params`` (ZeRO-3: all weights gathered and cloned);
@@ -184,11 +185,14 @@ def child(spec: dict) -> dict:
     return out
 
 
-def predicted(case: str, stage: int, world: int = 2) -> dict:
-    """The plan's phase-specific terms for a case, in bytes, by phase and term."""
+def predicted(case: str, stage: int, world: int = 2, moments: bool = False) -> dict:
+    """The plan's phase-specific terms for a case, in bytes, by phase and term (``moments``:
+    (bytes, the moments the term is alive in) instead; a phase's plan is
+    ``pgopd.memterms.peak_bytes`` of those, the largest moment)."""
     import dataclasses
 
     from pgopd import memplan as M
+    from pgopd.memterms import LAST, LAYERS
 
     c = CASES[case]
     s = M.Shape.from_config({**STUDENT, **c["student"], "model_type": "qwen3"})
@@ -201,13 +205,15 @@ def predicted(case: str, stage: int, world: int = 2) -> dict:
     # the teacher's own rows and lengths (the rollout's live rows at s_prompt + s_response)
     sx = dataclasses.replace(x, rows=c["live"], prompt_tokens=c["s_prompt"], logprob_chunk=c["s_chunk"],
                              max_new_tokens=c["s_response"] // c["score_chunk"] * c["score_chunk"])
-    # ZeRO-2's gradient partition appears in the backward (a transient of the update here)
-    grads = {t.name: t.bytes for t in M.student_state_terms(x) if t.name == "student gradients"} if stage == 2 else {}
-    return {"state": {t.name: t.bytes for t in M.student_state_terms(x, training=False) if t.bytes},
-            "update": {**{t.name: t.bytes for t in M._update_terms(x)}, **grads},
-            "step": {t.name: t.bytes for t in M._step_terms(x)},
-            "sync": {t.name: t.bytes for t in M._sync_terms(x)},
-            "scoring": {t.name: t.bytes for t in M._scoring_terms(sx)}}
+    # ZeRO-2's gradient partition appears in the backward (a transient of the update here): one
+    # micro-batch, so it is made at its first reduce (stage_1_and_2.py:1036) and is alive at the
+    # reduces only (in training, from the second micro-batch on, it is alive throughout)
+    grads = [dataclasses.replace(t, moments=(LAYERS, LAST)) for t in M.student_state_terms(x)
+             if t.name == "student gradients"] if stage == 2 else []
+    terms = {"state": [t for t in M.student_state_terms(x, training=False) if t.bytes],
+             "update": M._update_terms(x) + grads, "step": M._step_terms(x), "sync": M._sync_terms(x),
+             "scoring": M._scoring_terms(sx)}
+    return {ph: {t.name: ((t.bytes, t.moments) if moments else t.bytes) for t in ts} for ph, ts in terms.items()}
 
 
 def _free_port() -> int:
@@ -232,13 +238,15 @@ def measure(case: str, stage: int) -> dict:
         if p.returncode:
             raise RuntimeError(f"case {case} ZeRO-{stage} failed:\n{se[-3000:]}")
         ranks.append(json.loads(so.strip().splitlines()[-1]))
-    plan = predicted(case, stage)
+    from pgopd.memterms import peak_bytes
+
+    plan = predicted(case, stage, moments=True)
     row = {"case": case, "zero_stage": stage, "ranks": ranks, "phases": {}}
     for ph, terms in plan.items():
         meas = max(r[ph] for r in ranks)
-        pl = sum(terms.values())
+        pl = peak_bytes(terms.values())   # the largest moment (the update), else the sum
         row["phases"][ph] = {"measured": meas, "plan": pl, "ratio": round(meas / pl, 3) if pl else None,
-                             "plan_terms": terms}
+                             "plan_terms": {k: b for k, (b, _) in terms.items()}}
     return row
 
 

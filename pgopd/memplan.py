@@ -12,8 +12,10 @@ Phases of one step (each rank), in this order (:data:`PHASES`; ``pgopd preflight
               the prefill's logits) while the teacher's KV of the live rows is held;
   * scoring:  the teacher scores the chunk (its KV of the live rows at full length, the KV
               growth, GQA's expanded K/V, one layer's MLP, one chunk of logits), vLLM awake;
-  * update:   forward/backward of one micro-batch (activations, the LM-head chunk, the head's
-              gradient, ZeRO buffers), vLLM asleep (colocate) and the teacher offloaded if set;
+  * update:   forward/backward of one micro-batch, vLLM asleep (colocate) and the teacher
+              offloaded if set; the largest of three moments of backward (its start: activations,
+              the LM-head chunk and gradient; the layers' reduces: activations, one layer's
+              backward, ZeRO's reduce of a bucket; the last reduce: the tied embedding's);
   * step:     the optimizer step (the fp32 gradient partition and AdamW's temporary);
   * sync:     the new weights pushed into vLLM (ZeRO-3: gathered + cloned; vLLM awake again).
 """
@@ -119,8 +121,11 @@ class Plan:
                            for k, v in dataclasses.asdict(self.inputs).items()},
                 "student_params": self.inputs.student.params, "teacher_params": self.inputs.teacher.params,
                 "phases": [{"phase": p.name, "gib": round(p.gib, 3), "fits": p.bytes <= self.budget_bytes,
+                            "moments": {m: round(b / GIB, 3) for m, b in p.moments().items()},
+                            "binding_moment": p.binding,
                             "terms": [{"term": t.name, "gib": round(t.gib, 3), "knobs": list(t.knobs),
-                                       "note": t.note} for t in p.terms]} for p in self.phases],
+                                       "note": t.note, "moments": list(t.moments)} for t in p.terms]}
+                           for p in self.phases],
                 "problems": self.problems(), "warnings": self.warnings()}
 
     def table(self) -> str:
@@ -128,12 +133,16 @@ class Plan:
         lines = [f"pair {self.pair}: {x.world} rank(s), {x.rows} rows/rank x {x.seq_len} tokens, "
                  f"{x.live} live, micro-batch {x.micro_batch_tokens} tokens, log-prob chunk "
                  f"{x.logits_chunk_tokens}, ZeRO-{x.zero_stage}, {8 * x.dtype_bytes}-bit"]
-        lines.append(f"  {'phase':<8} {'term':<32} {'GiB':>8}  note")
+        lines.append(f"  {'phase':<8} {'term':<42} {'GiB':>8}  note")
         for p in self.phases:
             for t in p.terms:
-                lines.append(f"  {p.name:<8} {t.name:<32} {t.gib:8.2f}  {t.note}")
+                at = f" [{', '.join(t.moments)}]" if t.moments else ""
+                lines.append(f"  {p.name:<8} {t.name:<42} {t.gib:8.2f}  {t.note}{at}")
+            for m, b in p.moments().items():  # a phase whose terms peak apart: its largest moment
+                lines.append(f"  {p.name:<8} {'= at ' + m:<42} {b / GIB:8.2f}"
+                             + ("  <- binds" if m == p.binding else ""))
             verdict = "ok" if p.bytes <= self.budget_bytes else "OVER"
-            lines.append(f"  {p.name:<8} {'= total':<32} {p.gib:8.2f}  of {x.budget_gib:.1f} GiB budget: {verdict}")
+            lines.append(f"  {p.name:<8} {'= total':<42} {p.gib:8.2f}  of {x.budget_gib:.1f} GiB budget: {verdict}")
         lines += [f"  warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
 

@@ -88,20 +88,48 @@ class Term:
     bytes: float
     knobs: tuple = ()     # config keys that shrink this term
     note: str = ""
+    #: the moments of its phase this term is alive in (() = the whole phase); see :class:`Phase`
+    moments: tuple = ()
 
     @property
     def gib(self) -> float:
         return self.bytes / GIB
 
 
+def moment_bytes(items) -> dict:
+    """``items``: (bytes, moments) pairs.  Bytes alive at each named moment: the terms of that
+    moment plus those alive throughout (empty ``moments``); {} when no term names a moment."""
+    names = list(dict.fromkeys(m for _, ms in items for m in ms))
+    return {m: sum(b for b, ms in items if not ms or m in ms) for m in names}
+
+
+def peak_bytes(items) -> float:
+    """The phase's peak: the largest moment, or the sum of everything when it has no moments."""
+    items = list(items)
+    by = moment_bytes(items)
+    return max(by.values()) if by else sum(b for b, _ in items)
+
+
 @dataclass
 class Phase:
+    """The terms one GPU holds in a phase.  A phase whose terms peak at different moments (the
+    update: the start of backward vs ZeRO's reduces) holds the largest moment, not the sum:
+    a term tagged with ``moments`` counts only in those, an untagged one in all."""
     name: str
     terms: list = field(default_factory=list)
 
+    def moments(self) -> dict:
+        return moment_bytes([(t.bytes, t.moments) for t in self.terms])
+
+    @property
+    def binding(self) -> str:
+        """The moment that sets the phase's bytes ("" when the phase has no moments)."""
+        by = self.moments()
+        return max(by, key=by.get) if by else ""
+
     @property
     def bytes(self) -> float:
-        return sum(t.bytes for t in self.terms)
+        return peak_bytes((t.bytes, t.moments) for t in self.terms)
 
     @property
     def gib(self) -> float:
@@ -218,13 +246,19 @@ def _scoring_terms(x: PlanInputs) -> list[Term]:
     n_mlp = max(C, x.prompt_tokens)
     out.append(Term("teacher layer transient", 3 * L * n_mlp * t.intermediate * db, ("train.chunk_size",),
                     f"{L} rows x {n_mlp} positions, MLP"))
-    # pgopd.logprobs.teacher_pieces: the fp32 copy of the head's output and logsumexp's two
-    # fp32 temporaries (x - max, exp(x - max)) over at most logprob_chunk positions at a time
-    # (the head's own db output is freed once copied; logsumexp exponentiates x - max in place:
-    # at::logsumexp's ``(self - maxes).exp_()``): 8 B per logit, measured in bench/memory.json
+    # pgopd.logprobs.teacher_pieces, per chunk of at most logprob_chunk positions:
+    # ``logits_CV = lm_head(h).float()``: the head's output (db) and its fp32 copy (4, mixed
+    # precision only; the db output is freed once copied); then logsumexp's fp32 temporary
+    # (at::logsumexp: ``(self - maxes).exp_()``, exponentiated in place): 8 B per logit.  When
+    # the positions need more than one chunk, the previous chunk's fp32 logits are still bound
+    # to ``logits_CV`` while the next chunk's output and fp32 copy are made: 4 + db + 4 B
+    # (10 B in bf16; measured 20.0 MiB for two chunks of 16 x 131,072 against 16.0 for one)
     n = min(L * C, x.logprob_chunk or L * C)
-    out.append(Term("teacher logits", n * t.vocab * max(db + 4, 8),
-                    ("train.logprob_chunk_tokens", "train.max_live_rows"), f"{n} positions at a time"))
+    held = 4 if n < L * C else 0
+    per = max(8, held + db + (4 if db < 4 else 0))
+    out.append(Term("teacher logits", n * t.vocab * per,
+                    ("train.logprob_chunk_tokens", "train.max_live_rows"),
+                    f"{n} positions at a time x {per} B" + (" (the previous chunk's fp32 held)" if held else "")))
     return out
 
 
@@ -250,72 +284,102 @@ def logits_bytes(x: PlanInputs) -> float:
 
 def head_grad_bytes(x: PlanInputs) -> float:
     """The LM head's weight gradient while backward runs: autograd's input buffer sums every
-    LM-head chunk's (and, tied, the embedding's) contribution before AccumulateGrad runs once,
-    so the running sum and one new contribution are alive together (2 x V x h)."""
+    LM-head chunk's (and, tied, the embedding's) contribution before AccumulateGrad runs once;
+    while the head's chunks run, the running sum and one new contribution are alive together
+    (2 x V x h); afterwards only the sum (V x h; :func:`_update_terms`)."""
     return 2 * x.dtype_bytes * x.student.embedding
 
 
-def _update_terms(x: PlanInputs) -> list[Term]:
-    """Kept activations plus the larger transient of backward: the LM-head chunk (first, while
-    every kept activation is alive) or, with checkpointing, one layer's recomputed activations."""
-    T = x.micro_batch_tokens
-    mb_knob = ("train.max_tokens_per_micro_batch",)
-    act_knobs = mb_knob + (() if x.gradient_checkpointing else ("train.gradient_checkpointing",))
-    out = [Term("activations (one micro-batch)", activation_bytes(x), act_knobs,
-                f"{T} tokens" + (", checkpointed" if x.gradient_checkpointing else "")),
-           Term("LM-head gradient (sum + chunk)", head_grad_bytes(x), (), "2 x vocab x hidden")]
-    logits = Term("log-prob logits (fwd+bwd)", logits_bytes(x), ("train.logprob_chunk_tokens",),
-                  f"{x.logits_chunk_tokens} positions x {x.student.vocab} vocab "
-                  f"x {logits_bytes_per_element(x.dtype_bytes)} B")
-    s, db = x.student, x.dtype_bytes
-    # backward through one layer: the gradients of the SwiGLU's three intermediates (T x i each)
-    bwd = 3 * T * s.intermediate * db
-    recompute = T * s.act_bytes_per_token_layer(db) if x.gradient_checkpointing else 0
-    if recompute + bwd > logits.bytes:
-        out.append(Term("one layer's backward", recompute + bwd, mb_knob,
-                        f"{T} tokens: " + ("recomputed activations + " if recompute else "")
-                        + "MLP gradients (more than the log-prob chunk)"))
-    else:
-        out.append(logits)
-    if x.zero_stage >= 2:
-        # autograd makes a parameter's full gradient before ZeRO's hook copies it into the bucket
-        out.append(Term("one layer's full gradient", db * s.layer_params, (), "before the reduce hook"))
-    if x.zero_stage == 2:
-        # stage_1_and_2.py:3266 setup_buckets: allocated in each backward, in the weights' dtype
-        # (``_gradient_reduction_buffer_dtype``: ZeRO-2 does not use the grad_accum attribute)
-        out.append(Term("ZeRO-2 reduce bucket", x.dtype_bytes * x.reduce_bucket, (),
-                        f"reduce_bucket_size {x.reduce_bucket:.3g} elements"))
-        n = zero2_reduce_elements(x)
-        # allreduce_bucket (stage_1_and_2.py:2367, :2377): ``self.flatten(bucket)`` copies the
-        # bucket (or a parameter larger than it, reduced alone) and ``.to(fp32)`` casts that
-        # copy for communication_data_type fp32; both are alive during the all-reduce
-        cast = 4 if x.dtype_bytes < 4 else 0
-        out.append(Term("ZeRO-2 reduce copy + fp32 cast", (x.dtype_bytes + cast) * n, (),
-                        f"{n:.3g} elements x {x.dtype_bytes + cast} B"))
-    if x.zero_stage == 3:
-        out.append(Term("ZeRO-3 reduce-scatter buffers", zero3_reduce_bytes(x), (),
-                        "fp32 flat buffer (and fp32 cast of a parameter larger than the bucket)"))
-    if x.zero_stage == 3:
-        out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (),
-                        "every parameter up to stage3_max_live_parameters (1e9)"))
-    return out
+#: the moments of the update (a phase's bytes are its largest moment, :class:`Phase`)
+START, LAYERS, LAST = "backward start", "layer reduces", "last reduce"
 
 
-def zero2_reduce_elements(x: PlanInputs) -> float:
+def largest_layer_tensor(s: Shape) -> int:
+    """Elements of the largest parameter inside a decoder layer (an MLP or attention matrix)."""
+    return max(s.hidden * s.intermediate, s.hidden * s.q_dim)
+
+
+def zero2_reduce_elements(x: PlanInputs, largest: int | None = None) -> float:
     """Elements ZeRO-2 reduces at once: a full bucket, or a parameter larger than the bucket
-    (reduced on its own; its slices are flushed once they exceed the bucket, so at most one
-    partition's worth of it)."""
-    return max(x.reduce_bucket, min(x.student.largest_tensor, -(-x.student.params // x.world)))
+    (reduced on its own; stage_1_and_2.py:1447 ``extra_large_param_to_reduce``, its slices
+    reduced one destination partition at a time, so at most one partition's worth of it)."""
+    big = x.student.largest_tensor if largest is None else largest
+    return max(x.reduce_bucket, min(big, -(-x.student.params // x.world)))
 
 
-def zero3_reduce_bytes(x: PlanInputs) -> float:
+def zero3_reduce_bytes(x: PlanInputs, largest: int | None = None) -> float:
     """ZeRO-3's reduce-scatter of one bucket (stage3.py:1913 ``__avg_scatter_grads``):
     ``reduce_scatter_coalesced`` flattens the gradients into one fp32 buffer (4 B x the bucket);
     a parameter larger than the bucket is not copied into the fp32 bucket (stage3.py:1626), so
     its bf16 gradient is first cast to fp32 (stage3.py:1920): 8 B x that parameter."""
-    big = x.student.largest_tensor
+    big = x.student.largest_tensor if largest is None else largest
     per = COMM_BYTES + (4 if x.dtype_bytes < 4 else 0)
     return max(COMM_BYTES * x.reduce_bucket, per * big if big > x.reduce_bucket else 0)
+
+
+def _update_terms(x: PlanInputs) -> list[Term]:
+    """Forward + backward of one micro-batch, as the largest of three moments of backward (the
+    terms of different moments are not alive together; bench/memory.json measures the max):
+
+    * backward start: every kept activation, the LM-head chunk recomputed (fwd+bwd) and the
+      head's gradient (running sum + this chunk's);
+    * layer reduces: the decoder layers' backward, last layer first; at its start nearly every
+      activation is still alive, plus the head's summed gradient, one layer's recompute and MLP
+      gradients, one layer's full gradient, and ZeRO's reduce of one bucket (or of a layer
+      matrix larger than it);
+    * last reduce: the tied embedding's gradient (the largest parameter, its hook fires after
+      the embedding's backward, the very end of backward: every activation is freed by then)
+      and ZeRO's reduce of it.  An untied head is reduced right after the head's chunks, while
+      the activations are alive: they are counted in this moment then.
+    """
+    s, db, T = x.student, x.dtype_bytes, x.micro_batch_tokens
+    mb_knob = ("train.max_tokens_per_micro_batch",)
+    act_knobs = mb_knob + (() if x.gradient_checkpointing else ("train.gradient_checkpointing",))
+    act_at = (START, LAYERS) + (() if s.tied else (LAST,))
+    vh = db * s.embedding
+    out = [Term("activations (one micro-batch)", activation_bytes(x), act_knobs,
+                f"{T} tokens" + (", checkpointed" if x.gradient_checkpointing else ""), act_at),
+           # autograd's input buffer of the head's weight: while the head's chunks run, the
+           # running sum and one chunk's contribution (added into the sum, then freed) ...
+           Term("LM-head gradient (sum + chunk)", head_grad_bytes(x), (), "2 x vocab x hidden", (START,)),
+           # ... afterwards the sum alone, up to the hook (tied: after the embedding's
+           # backward), whose reduce reads it
+           Term("LM-head gradient (sum)", vh, (), "vocab x hidden", (LAYERS, LAST)),
+           Term("log-prob logits (fwd+bwd)", logits_bytes(x), ("train.logprob_chunk_tokens",),
+                f"{x.logits_chunk_tokens} positions x {s.vocab} vocab x {logits_bytes_per_element(db)} B",
+                (START,))]
+    # backward through one layer: the gradients of the SwiGLU's three intermediates (T x i each)
+    # and, with checkpointing, the layer's recomputed activations
+    recompute = T * s.act_bytes_per_token_layer(db) if x.gradient_checkpointing else 0
+    out.append(Term("one layer's backward", recompute + 3 * T * s.intermediate * db, mb_knob,
+                    f"{T} tokens: " + ("recomputed activations + " if recompute else "") + "MLP gradients",
+                    (LAYERS,)))
+    if x.zero_stage >= 2:
+        # autograd makes a parameter's full gradient before ZeRO's hook copies it into the bucket
+        out.append(Term("one layer's full gradient", db * s.layer_params, (), "before the reduce hook", (LAYERS,)))
+    big_layer = largest_layer_tensor(s)
+    if x.zero_stage == 2:
+        # stage_1_and_2.py:3266 setup_buckets: allocated at the first gradient hook of a
+        # backward (process_gradients), in the weights' dtype (``_gradient_reduction_buffer_dtype``:
+        # ZeRO-2 does not use the grad_accum attribute)
+        out.append(Term("ZeRO-2 reduce bucket", x.dtype_bytes * x.reduce_bucket, (),
+                        f"reduce_bucket_size {x.reduce_bucket:.3g} elements", (LAYERS, LAST)))
+        # allreduce_bucket (stage_1_and_2.py:2367, :2377): ``self.flatten(bucket)`` copies the
+        # bucket (or a parameter larger than it, reduced alone) and ``.to(fp32)`` casts that
+        # copy for communication_data_type fp32; both are alive during the all-reduce
+        per = x.dtype_bytes + (4 if x.dtype_bytes < 4 else 0)
+        for name, big, at in (("ZeRO-2 reduce copy + fp32 cast (layers)", big_layer, LAYERS),
+                              ("ZeRO-2 reduce copy + fp32 cast (embedding)", s.embedding, LAST)):
+            n = zero2_reduce_elements(x, big)
+            out.append(Term(name, per * n, (), f"{n:.3g} elements x {per} B", (at,)))
+    if x.zero_stage == 3:
+        out.append(Term("ZeRO-3 reduce-scatter (layers)", zero3_reduce_bytes(x, big_layer), (),
+                        "fp32 flat buffer (and fp32 cast of a layer matrix larger than the bucket)", (LAYERS,)))
+        out.append(Term("ZeRO-3 reduce-scatter (embedding)", zero3_reduce_bytes(x, s.embedding), (),
+                        "fp32 flat buffer (and fp32 cast of the embedding if larger than the bucket)", (LAST,)))
+        out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (),
+                        "every parameter up to stage3_max_live_parameters (1e9)"))
+    return out
 
 
 def _step_terms(x: PlanInputs) -> list[Term]:
