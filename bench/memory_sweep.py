@@ -199,7 +199,10 @@ def main(argv=None) -> int:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(child(json.loads(a.child))))
+        from pgopd.teardown import end_process_group
+
+        print(json.dumps(child(json.loads(a.child))), flush=True)
+        end_process_group()  # else the child may abort at exit ("terminate called ...")
         return 0
     t0 = time.perf_counter()
     out = run(sweeps(a.quick), a.jobs)

@@ -42,14 +42,9 @@ def train(args):
     finally:
         if lock:
             lock.release()
-    # the process ends next: tear the process group down now, not at interpreter exit, where a
-    # rank on the second of two slurm nodes aborted ("terminate called without an active
-    # exception") after its last step, failing the finished job (2026-12-05).  Not in train()
-    # itself: callers that train several times in one process keep DeepSpeed's groups.
-    import torch.distributed as td
+    from .teardown import end_process_group
 
-    if td.is_available() and td.is_initialized():
-        td.destroy_process_group()
+    end_process_group()  # the process ends next (a rank aborted at interpreter exit otherwise)
 
 
 def _train(run, args):

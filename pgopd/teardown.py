@@ -57,3 +57,16 @@ def release_run(run) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def end_process_group() -> None:
+    """Tear torch.distributed's default group down before the process exits.  Left to the
+    interpreter's exit, its threads are destroyed while still joinable and the process aborts
+    with "terminate called without an active exception" (seen on a rank of a two-node slurm
+    job after its last step, and in a benchmark's child process, 2026-12-05): a finished job
+    then fails.  Not in ``train()``: callers that train several times in one process keep
+    DeepSpeed's groups."""
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()

@@ -150,4 +150,8 @@ class _Null:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pgopd.teardown import end_process_group
+
+    rc = main()
+    end_process_group()  # else a rank may abort at exit ("terminate called ...")
+    sys.exit(rc)

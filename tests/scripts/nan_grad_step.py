@@ -69,4 +69,7 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    from pgopd.teardown import end_process_group
+
     main(sys.argv[1])
+    end_process_group()  # else a rank may abort at exit ("terminate called ...")
