@@ -122,15 +122,15 @@ def evaluate_one(cfg: EvalConfig, model, tok, model_name: str, bench_jsonl: Path
     """
     from .data.loaders import read_jsonl, write_jsonl
     from .grading import grade_many
+    from .inputcheck import check_lengths
     from .models.loading import encode_prompts, response_text
     from .rollout import generate_with
 
     t0 = time.perf_counter()
     bench_jsonl, out = Path(bench_jsonl), Path(out)
     records = read_jsonl(bench_jsonl)
-    from .inputcheck import check_lengths
-
-    check_lengths([len(p) for p in encode_prompts(tok, [r["prompt"] for r in records])], [r["id"] for r in records],
+    prompt_ids = encode_prompts(tok, [r["prompt"] for r in records])  # once: the check and every block
+    check_lengths([len(p) for p in prompt_ids], [r["id"] for r in records],
                   cfg.max_new_tokens, "eval.max_new_tokens", {"model": model_name})
     k = cfg.k
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +155,7 @@ def evaluate_one(cfg: EvalConfig, model, tok, model_name: str, bench_jsonl: Path
 
                 engine = VLLMEngine(model_name, max_logprobs=20, enforce_eager=cfg.vllm_enforce_eager)
             # the whole block is generated even if part of it is done: its samples depend only on start
-            prompts = encode_prompts(tok, [records[p]["prompt"] for p in idx])
-            samples = generate_with(cfg.backend, engine or model_name, model, prompts, eos_id=tok.eos_token_id,
+            samples = generate_with(cfg.backend, engine or model_name, model, [prompt_ids[p] for p in idx], eos_id=tok.eos_token_id,
                                     pad_id=tok.pad_token_id, n=k, temperature=cfg.temperature,
                                     top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + start,
                                     batch_size=cfg.batch_size, desc=f"eval {bench_jsonl.stem} @{start}")
