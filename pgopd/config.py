@@ -40,9 +40,10 @@ def split_control(method: str) -> tuple[str, str | None]:
     return method, None
 
 
-def controls_of(reference: str) -> tuple[str, ...]:
-    """Methods ``controls.enabled`` adds for one reference: its ablations and matched controls."""
-    return ABLATIONS[reference] + tuple(f"{m}-{reference}" for m in MATCHED)
+def controls_of(reference: str, ablations: bool = True) -> tuple[str, ...]:
+    """Methods ``controls.enabled`` adds for one reference: its matched controls and, with
+    ``ablations``, its parts run alone."""
+    return (ABLATIONS[reference] if ablations else ()) + tuple(f"{m}-{reference}" for m in MATCHED)
 
 
 class ConfigError(ValueError):
@@ -224,13 +225,15 @@ class PruneOPDConfig:
 @dataclass
 class ControlsConfig:
     """Matched controls; lengths and rates are measured from a reference run when null."""
-    enabled: bool = opt(False, "also train, per reference, its ablations and the matched fixed_truncation-<ref> "
-                        "and random_prune-<ref>")
+    enabled: bool = opt(True, "also train, per reference, the matched fixed_truncation-<ref> and "
+                        "random_prune-<ref> (and its ablations, see `ablations`)")
+    ablations: bool = opt(False, "with enabled: also train each reference's parts alone (pgopd: continue_all, "
+                          "reweight_only; pruneopd: pruneopd_{drift,window,reweight}_only)")
     fixed_truncation_len: Optional[int] = opt(None, "length for fixed_truncation (null: matched to "
                                               "the reference run's mean generated tokens)", min=1)
     random_continue_rate: Optional[float] = opt(None, "continue rate for random_prune (null: matched "
                                                 "to the reference run)", min=0.0, max=1.0)
-    references: list = opt(["pgopd"], "runs the controls are matched to (each in train.methods): pgopd -> "
+    references: list = opt(["pgopd", "pruneopd"], "runs the controls are matched to (each in train.methods): pgopd -> "
                            "continue_all, reweight_only; pruneopd -> pruneopd_{drift,window,reweight}_only; "
                            "both -> fixed_truncation-<ref>, random_prune-<ref>", choices=REFERENCES)
 

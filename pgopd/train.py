@@ -472,6 +472,8 @@ def _finish(engine, tok, cfg, state: RunState, out_dir: Path, dist, t_start, met
                "train_wall_s": state.wall_s + time.perf_counter() - t_start,
                **stepstats.summary_fields(t),
                "bad_steps": state.bad_steps, "world_size": dist.world, "teacher": teacher, "student": student}
+    if getattr(state.policy, "name", None) == "fixed_truncation":
+        summary["fixed_truncation_len"] = state.policy.length  # the cut the report measures solutions against
     if dist.rank == 0:
         os.replace(out_dir / "metrics.jsonl.tmp", out_dir / "metrics.jsonl")
         os.replace(out_dir / "candidates.jsonl.tmp", out_dir / "candidates.jsonl")

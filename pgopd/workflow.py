@@ -162,7 +162,7 @@ def teacher_cache_dir(slug: str) -> str:
 # ----------------------------------------------------------------------------- methods
 def train_methods(cfg: Config) -> list[str]:
     """Methods trained for every pair and seed: ``train.methods`` plus, when controls are
-    enabled, per reference of ``controls.references`` its ablations and matched controls."""
+    enabled, per reference of ``controls.references`` its matched controls (and ablations)."""
     methods = list(cfg.train.methods)
     ctl = cfg.train.controls
     if ctl.enabled:
@@ -175,7 +175,7 @@ def train_methods(cfg: Config) -> list[str]:
                     f"train.controls.references: {ref!r} is not in train.methods {list(cfg.train.methods)}; "
                     f"the matched controls copy their numbers from that run (add it, or set "
                     f"train.controls.enabled: false)")
-            methods += [m for m in C.controls_of(ref) if m not in methods]
+            methods += [m for m in C.controls_of(ref, ctl.ablations) if m not in methods]
     return methods
 
 

@@ -85,9 +85,10 @@ def test_load_config_errors_name_the_key():
 
 
 def test_train_methods_and_targets():
-    cfg = W.load_config({})
+    cfg = W.load_config({"train": {"controls": {"enabled": False}}})
     assert W.train_methods(cfg) == ["opd", "pgopd", "pruneopd"]
-    cfg = W.load_config({"seeds": [0, 1], "train": {"controls": {"enabled": True}}})
+    cfg = W.load_config({"seeds": [0, 1], "train": {"controls": {"enabled": True, "ablations": True,
+                                                                  "references": ["pgopd"]}}})
     assert W.train_methods(cfg) == list(C.METHODS) + ["continue_all", "reweight_only", "fixed_truncation-pgopd",
                                                       "random_prune-pgopd"]
     targets = W.eval_targets(cfg)
@@ -98,6 +99,9 @@ def test_train_methods_and_targets():
     assert W.eval_model(cfg, "toy", "student", "base") == "results/models/toy/student"
     assert W.eval_model(cfg, "toy", "opd", "seed1") == "results/train/toy/opd/seed1/checkpoint"
     assert W.reference_method(cfg, "fixed_truncation") == "pgopd"
+    matched = W.load_config({})  # the default: both references' matched controls, no ablations
+    assert W.train_methods(matched) == list(C.METHODS) + [
+        "fixed_truncation-pgopd", "random_prune-pgopd", "fixed_truncation-pruneopd", "random_prune-pruneopd"]
     assert W.reference_method(cfg, "continue_all") is None
     assert W.train_inputs(cfg, "toy", "random_prune-pgopd", 1)["reference"] == \
         "results/train/toy/pgopd/seed1/summary.json"
@@ -117,9 +121,10 @@ def test_train_methods_and_targets():
 
 
 def test_train_params_are_per_method_slices():
-    base = W.load_config({"train": {"controls": {"enabled": True}}})
-    knob = W.load_config({"train": {"controls": {"enabled": True}, "pgopd": {"top_fraction": 0.25}}})
-    more = W.load_config({"train": {"controls": {"enabled": True},
+    ctl = {"enabled": True, "references": ["pgopd"]}
+    base = W.load_config({"train": {"controls": ctl}})
+    knob = W.load_config({"train": {"controls": ctl, "pgopd": {"top_fraction": 0.25}}})
+    more = W.load_config({"train": {"controls": ctl,
                                     "pruneopd": {"window": 4}, "methods": ["pgopd", "opd"]}})
     p = {m: W.train_params(base, m) for m in C.ALL_METHODS}
     assert all("methods" not in v for v in p.values())
@@ -167,8 +172,9 @@ def test_dry_run_default_lists_the_expected_jobs(wf):
     r = _snakemake(wf, "-p")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
+    # 3 methods + 4 matched controls (fixed_truncation / random_prune per reference) x 2 seeds
     assert job_counts(out) == {"prepare_data": 1, "build_toy_models": 2, "cache_teacher": 1,
-                                "train": 6, "evaluate": 8, "report": 1, "all": 1, "total": 20}
+                                "train": 14, "evaluate": 16, "report": 1, "all": 1, "total": 36}
     assert "pgopd train --params '{" in out and "--method pgopd --seed 0" in out
     assert "--teacher-cache results/teacher/toy" in out
     assert "> results/logs/evaluate/toy/opd/seed0.log 2>&1" in out
@@ -276,7 +282,8 @@ def test_report_table(tmp_path):
 
 
 def test_controls_per_reference_fan_out_with_named_methods():
-    cfg = W.load_config({"train": {"controls": {"enabled": True, "references": ["pgopd", "pruneopd"]}}})
+    cfg = W.load_config({"train": {"controls": {"enabled": True, "ablations": True,
+                                                "references": ["pgopd", "pruneopd"]}}})
     ms = W.train_methods(cfg)
     assert ms == ["opd", "pgopd", "pruneopd", "continue_all", "reweight_only", "fixed_truncation-pgopd",
                   "random_prune-pgopd", "pruneopd_drift_only", "pruneopd_window_only", "pruneopd_reweight_only",
