@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="JSON (or @file) of the run's config, printed under the tables")
     hp.add_argument("--config", default=None, type=Path,
                     help="the run's YAML config file (instead of --hparams), printed under the tables")
+    p.add_argument("--teacher-samples", nargs="*", default=[], metavar="PAIR=PATH",
+                   help="per pair, the teacher cache's samples.jsonl (solution lengths per difficulty)")
+    p.add_argument("--train-data", type=Path, default=None,
+                   help="train.jsonl from prepare-data (the difficulty level of each training prompt)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap / permutation resamples (default 2000)")
     p.add_argument("--stats-seed", type=int, default=0, help="seed of the resampling (default 0)")
     p.add_argument("--out-dir", required=True, type=Path,

@@ -75,5 +75,12 @@ def report(args):
     elif args.config:
         hparams = C.to_dict(C.load(args.config))
         hparams.pop("resources", None)
+    samples = {}
+    for item in args.teacher_samples:
+        pair, sep, path = item.partition("=")
+        if not sep or not pair or not path:
+            raise C.ConfigError(f"--teacher-samples: {item!r} is not PAIR=PATH")
+        samples[pair] = Path(path)
     run(args.eval, args.train, args.out_dir, metrics=args.metrics, candidates=args.candidates,
-        fig_dir=args.fig_dir, hparams=hparams, n_boot=args.n_boot, seed=args.stats_seed)
+        fig_dir=args.fig_dir, hparams=hparams, n_boot=args.n_boot, seed=args.stats_seed,
+        teacher_samples=samples, train_data=args.train_data)

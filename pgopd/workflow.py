@@ -159,6 +159,14 @@ def teacher_cache_dir(slug: str) -> str:
     return f"results/teacher/{slug}"
 
 
+def report_teacher_samples(cfg: Config) -> str:
+    """``--teacher-samples`` of the report: PAIR=<its teacher cache>/samples.jsonl, shell-quoted."""
+    import shlex
+
+    return " ".join(shlex.quote(f"{p}={teacher_cache_dir(pair_teacher_slug(cfg, p))}/samples.jsonl")
+                    for p in cfg.pairs)
+
+
 # ----------------------------------------------------------------------------- methods
 def train_methods(cfg: Config) -> list[str]:
     """Methods trained for every pair and seed: ``train.methods`` plus, when controls are

@@ -128,8 +128,17 @@ def test_evaluation_and_table(run_dir):
         assert sum(int(r["n"]) for r in stops if r["method"] == m) == 4 * 4 * 2
     costs = {r["method"]: r for r in csv.DictReader(open(run_dir / "tables/costs.csv"))}
     assert float(costs["opd"]["teacher_per_trained"]) >= 1.0
+    # the teacher cache's correct solutions per difficulty (ops 1-3 of test.yaml's training set)
+    cache = read_jsonl(run_dir / "teacher/toy/samples.jsonl")
+    ops = {r["id"]: r["ops"] for r in read_jsonl(run_dir / "data/train.jsonl")}
+    lens = {r["level"]: r for r in csv.DictReader(open(run_dir / "tables/solution_lengths.csv"))}
+    for level in {str(ops[c["id"]]) for c in cache if c["correct"]}:
+        mine = [len(c["tokens"]) for c in cache if c["correct"] and str(ops[c["id"]]) == level]
+        assert int(lens[level]["n_correct"]) == len(mine) and int(lens[level]["max_tokens"]) == max(mine)
+    assert float(lens["all"]["cut_pgopd_len"]) >= 1 and 0 <= float(lens["all"]["cut_pgopd_share"]) <= 1
+    assert "## Δ vs OPD per benchmark" in md and "## The teacher's correct solutions" in md
     fals = (run_dir / "tables/falsification.md").read_text()
-    assert "**Verdict (final correctness" in fals and "reward variance vs window overlap" in fals
+    assert "**Verdict (final correctness" and "reward variance vs window overlap" in fals
 
 
 def test_config_change_after_a_stopped_train_job_starts_over(run_dir):

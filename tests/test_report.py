@@ -448,9 +448,10 @@ def test_cli_report_with_config_file(tmp_path):
     assert rc == 0
     md = (out / "main.md").read_text()
     assert "n_train=200" in md and "**Evaluation**: k=2" in md and "resources" not in md
-    assert sorted(p.name for p in out.iterdir()) == ["controls.csv", "costs.csv", "falsification.csv", "falsification.md",
-                                                     "main.csv", "main.html", "main.md", "main.tex",
-                                                     "reward_noise.csv", "stop_reasons.csv", "tail.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["controls.csv", "costs.csv", "delta.csv", "falsification.csv",
+                                                     "falsification.md", "main.csv", "main.html", "main.md",
+                                                     "main.tex", "reward_noise.csv", "solution_lengths.csv",
+                                                     "stop_reasons.csv", "tail.csv"]
     # --hparams: JSON or @file
     (tmp_path / "h.json").write_text(json.dumps({"seeds": [3, 4]}))
     rc = cli.main(["report", "--eval", *map(str, evals), "--hparams", f"@{tmp_path / 'h.json'}", "--n-boot", "50",

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Optional
 
 from . import costs as K
+from . import delta as D
 from . import falsification as F
+from . import lengths as L
 from . import noise as N
 from . import stats as S
 from . import tail as TL
@@ -18,15 +20,17 @@ from .table import (Table, compute_table, html_page, load_evals, load_train, ren
                     write_tables)
 
 #: the extra tables next to main.csv
-EXTRA_TABLES = ("costs.csv", "stop_reasons.csv", "controls.csv", "reward_noise.csv", "tail.csv")
+EXTRA_TABLES = ("costs.csv", "stop_reasons.csv", "controls.csv", "reward_noise.csv", "tail.csv", "delta.csv",
+                "solution_lengths.csv")
 
 
 def report(eval_jsons: list[Path], train_jsons: list[Path], out_dir: Path, *, metrics=(), candidates=(),
            fig_dir: Optional[Path] = None, hparams: Optional[dict] = None, n_boot: int = S.N_BOOT,
-           seed: int = 0) -> Table:
+           seed: int = 0, teacher_samples: Optional[dict] = None, train_data: Optional[Path] = None) -> Table:
     """Write the tables to ``out_dir`` (main.{csv,md,tex,html}, falsification.{csv,md},
-    costs.csv, stop_reasons.csv, controls.csv, reward_noise.csv, tail.csv) and, with ``fig_dir``, the
-    figures and their data files (:mod:`pgopd.report.figures`).
+    costs.csv, stop_reasons.csv, controls.csv, reward_noise.csv, tail.csv, delta.csv,
+    solution_lengths.csv) and, with ``fig_dir``, the figures and their data files
+    (:mod:`pgopd.report.figures`).
 
     ``metrics`` / ``candidates``: the runs' metrics.jsonl / candidates.jsonl (costs, stop
     reasons, figures, falsification); ``hparams``: the run's config (printed under the tables).
@@ -42,9 +46,18 @@ def report(eval_jsons: list[Path], train_jsons: list[Path], out_dir: Path, *, me
     max_new = ((hparams or {}).get("train") or {}).get("max_new_tokens")
     costs, stops, controls = K.cost_rows(runs_metrics), K.stop_rows(cands, max_new), K.control_rows(t, trains)
     tail_rows = TL.tail_rows(cands, max_new)
+    deltas = D.delta_rows(t, evals, n_boot=n_boot, seed=seed)
+    len_rows = []
+    if teacher_samples and train_data is not None:
+        from .common import read_jsonl
+
+        len_rows = L.length_rows(teacher_samples, read_jsonl(Path(train_data), ["id", "ops"]), trains)
     extra = TL.render_markdown(tail_rows, TL.summary(cands)) + "\n" + K.render_markdown(costs, stops, controls)
     write_tables(t, out_dir, hparams, trains)
-    write_atomic(out_dir / "main.md", render_markdown(t, hparams, trains) + "\n" + extra)
+    write_atomic(out_dir / "main.md", render_markdown(t, hparams, trains, after=D.render_markdown(deltas, t.benches)
+                                                      + L.render_markdown(len_rows)) + "\n" + extra)
+    write_atomic(out_dir / "delta.csv", csv_text(D.columns(t.benches), deltas))
+    write_atomic(out_dir / "solution_lengths.csv", csv_text(L.columns(len_rows), len_rows))
     write_atomic(out_dir / "costs.csv", csv_text(K.COST_COLUMNS, costs))
     write_atomic(out_dir / "stop_reasons.csv", csv_text(K.STOP_COLUMNS, stops))
     write_atomic(out_dir / "controls.csv", csv_text(K.CONTROL_COLUMNS, controls))

@@ -470,7 +470,10 @@ def _md_escape(s: str) -> str:
     return str(s).replace("|", "\\|")
 
 
-def render_markdown(t: Table, hparams: Optional[dict] = None, trains: Optional[dict] = None) -> str:
+def render_markdown(t: Table, hparams: Optional[dict] = None, trains: Optional[dict] = None,
+                    after: str = "") -> str:
+    """main.md: the table per pair, the statistics note, ``after`` (sections that read with the
+    table: Δ per benchmark, solution lengths), then the hyperparameters."""
     head = display_header(t.benches)
     align = ["---" if i == 0 else "---:" for i in range(len(head))]
     align[0] = ":---"
@@ -487,6 +490,8 @@ def render_markdown(t: Table, hparams: Optional[dict] = None, trains: Optional[d
             lines += ["", f"Seeds per trained method: {', '.join(map(str, seeds))}."]
         lines.append("")
     lines += [stats_note(t), ""]
+    if after:
+        lines += [after.rstrip("\n"), ""]
     hp = hparam_lines(hparams)
     if hp:
         lines += ["## Hyperparameters", ""]

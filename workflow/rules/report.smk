@@ -25,6 +25,9 @@ rule report:
         train=W.train_summaries(CFG),
         metrics=W.train_run_files(CFG, "metrics.jsonl"),
         candidates=W.train_run_files(CFG, "candidates.jsonl"),
+        # solution lengths per difficulty: the teacher caches (samples.jsonl beside summary.json)
+        teacher=[f"{W.teacher_cache_dir(slug)}/summary.json" for slug in W.teachers(CFG)],
+        train_data=W.DATA_TRAIN,
     output:
         csv=report(f"{TABLE_DIR}/main.csv", caption="../report/main_csv.rst", category="Tables"),
         md=f"{TABLE_DIR}/main.md",
@@ -39,6 +42,9 @@ rule report:
         stops=report(f"{TABLE_DIR}/stop_reasons.csv", caption="../report/stop_reasons.rst", category="Tables"),
         controls=report(f"{TABLE_DIR}/controls.csv", caption="../report/controls.rst", category="Tables"),
         tail=report(f"{TABLE_DIR}/tail.csv", caption="../report/tail.rst", category="Tables"),
+        delta=report(f"{TABLE_DIR}/delta.csv", caption="../report/delta.rst", category="Tables"),
+        lengths=report(f"{TABLE_DIR}/solution_lengths.csv", caption="../report/solution_lengths.rst",
+                       category="Tables"),
         acc_wall=_fig("accuracy_vs_wall"),
         acc_wall_data=_fig_data("accuracy_vs_wall"),
         tokens=_fig("tokens_per_step"),
@@ -55,10 +61,12 @@ rule report:
         "results/logs/report/report.log",
     params:
         hparams=W.params_json(W.report_hparams(CFG)),
+        teacher_samples=W.report_teacher_samples(CFG),
     threads: res("report")["cpus_per_task"]
     resources:
         **res("report"),
     shell:
         "OMP_NUM_THREADS={threads} MPLBACKEND=Agg {PGOPD} report --eval {input.eval:q} "
         "--train {input.train:q} --metrics {input.metrics:q} --candidates {input.candidates:q} "
+        "--teacher-samples {params.teacher_samples} --train-data {input.train_data:q} "
         "--hparams {params.hparams:q} --out-dir {TABLE_DIR} --fig-dir {FIG_DIR} > {log:q} 2>&1"
