@@ -74,9 +74,10 @@ def sub(cls, help: str):
 @dataclass
 class SyntheticConfig:
     """The embedded default task: multi-step integer arithmetic with worked solutions."""
-    task: str = opt("arith", "solution format: arith (short steps) or long (every step rewrites the rest of "
-                    "the expression: longer traces, where a weak student's rollouts can drift and run "
-                    "to the length limit)", choices=("arith", "long"))
+    task: str = opt("arith", "solution format: arith (17+38=55. 55-9=46. \\boxed{46}), reduce (55-9 = 46. "
+                    "\\boxed{46}: each step rewrites the expression with one operation done, so solutions grow "
+                    "faster than linearly with the operations) or long (each step also rewrites the rest)",
+                    choices=("arith", "reduce", "long"))
     n_train: int = opt(3000, "number of training prompts", min=1)
     operand_max: int = opt(30, "operands are drawn from 1..operand_max", min=2, max=999)
     min_ops: int = opt(1, "fewest operations (+/-) in a training problem", min=1, max=8)

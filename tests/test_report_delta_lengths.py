@@ -121,3 +121,32 @@ def test_report_writes_lengths_and_delta(tmp_path):
     with open(out / "delta.csv") as fh:
         d = {r["method"]: r for r in csv.DictReader(fh)}
     assert float(d["pgopd"]["easy_diff"]) == 0.0 and float(d["fixed_truncation-pgopd"]["easy_diff"]) == 0.25
+
+
+def test_robustness_bench_reads_a_builds_tables(tmp_path):
+    """bench/robustness.py's per-build summary, from tables the report wrote."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("robustness", Path(__file__).parents[1] / "bench/robustness.py")
+    rb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rb)
+    runs = {**RUNS, ("teacher", "base"): {"easy": [1.0] * 4, "hard": [1.0] * 4},
+            ("student", "base"): {"easy": [0.0] * 4, "hard": [0.0] * 4}}
+    evals = _evals(tmp_path / "r", runs)
+    trains = [_write(tmp_path / f"r/train/p/{m}/seed{s}/summary.json",
+                     {"train_wall_s": wall, "gen_tokens": 100, "mean_kept_tokens": 20.0,
+                      **({"fixed_truncation_len": 20} if m.startswith("fixed") else {})})
+              for m, wall in [("opd", 40.0), ("pgopd", 16.0), ("fixed_truncation-pgopd", 10.0)] for s in (0, 1)]
+    samples = _samples(tmp_path / "teacher/samples.jsonl", [("t0", 10, True), ("t1", 30, True)])
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"id": "t0", "ops": 1}) + "\n" + json.dumps({"id": "t1", "ops": 5}) + "\n")
+    report(evals, trains, tmp_path / "tables", n_boot=100, teacher_samples={"p": samples}, train_data=train)
+    got = rb.summarise(tmp_path / "tables")
+    assert got["teacher"] == 100.0 and got["student"] == 0.0 and got["hard_bench"] == "hard"
+    assert got["opd_gain"] == pytest.approx(got["opd"])
+    assert got["rows"]["pgopd"]["wall_ratio"] == pytest.approx(0.4, abs=0.01) and got["rows"]["pgopd"]["diff"] == 0.0
+    assert got["methods_hold"] == {"pgopd": True}
+    assert got["rows"]["fixed_truncation-pgopd"]["diff_hard"] == pytest.approx(-18.75)
+    assert got["fixed_cut_share"]["pgopd"] == 0.5 and got["fixed_cut_len"]["pgopd"] == 20.0
+    r = rb.ranges({"a": got, "b": {**got, "teacher": 90.0}})
+    assert r["teacher"] == [90.0, 100.0] and r["methods_hold_on_every_build"]["pgopd"] is True

@@ -33,7 +33,18 @@ def _replay_long(solution: str, prompt: str) -> None:
             assert boxed == f"{new}}}"
 
 
-@pytest.mark.parametrize("task", ["arith", "long"])
+def _replay_reduce(solution: str, prompt: str) -> None:
+    """Every step of a reduce solution is the previous expression with its first operation done."""
+    body, boxed = solution.split(". \\boxed{")
+    prev = prompt
+    for step in body.split(" = "):
+        a, op, b, rest = re.fullmatch(r"(-?\d+)([+-])(\d+)(.*)", prev).groups()
+        assert step == f"{int(a) + int(b) if op == '+' else int(a) - int(b)}{rest}", (prev, step)
+        prev = step
+    assert re.fullmatch(r"-?\d+", prev) and boxed == f"{prev}}}"
+
+
+@pytest.mark.parametrize("task", ["arith", "reduce", "long"])
 def test_split_is_deterministic_distinct_and_correct(task):
     a = make_split(300, 1, 5, 30, 7, "t", task=task)
     assert a == make_split(300, 1, 5, 30, 7, "t", task=task)
@@ -44,7 +55,11 @@ def test_split_is_deterministic_distinct_and_correct(task):
         assert len(re.findall(r"[+-]", r["prompt"])) == r["ops"]
         assert int(r["answer"]) == eval(r["prompt"])  # noqa: S307 - digits and +/- only
         assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}")
-        assert r["solution"].count("=") == r["ops"]
+        if task == "reduce":
+            _replay_reduce(r["solution"], r["prompt"])
+            assert r["solution"].count(" = ") == r["ops"] - 1
+        else:
+            assert r["solution"].count("=") == r["ops"]
         if task == "long":
             _replay_long(r["solution"], r["prompt"])
 
@@ -62,6 +77,17 @@ def test_worked_solution_by_hand():
     assert worked_solution([17, 38, 9, 4], ["+", "-", "+"], "long") == (
         "17+38=55; 55-9+4. 55-9=46; 46+4. 46+4=50. \\boxed{50}", 50)
     assert worked_solution([3, 5], ["-"], "long") == ("3-5=-2. \\boxed{-2}", -2)   # one op: same as arith
+    assert worked_solution([17, 38, 9, 4], ["+", "-", "+"], "reduce") == ("55-9+4 = 46+4 = 50. \\boxed{50}", 50)
+    assert worked_solution([3, 5], ["-"], "reduce") == ("-2. \\boxed{-2}", -2)
+
+
+def test_reduce_solutions_grow_faster_than_the_operations():
+    """The default's point: 1-5 operations span >= 4x in solution length (arith: ~3x)."""
+    def mean_len(task, ops):
+        rs = make_split(300, ops, ops, 30, 5, "t", task=task)
+        return sum(len(r["solution"]) for r in rs) / len(rs)
+    assert mean_len("reduce", 5) / mean_len("reduce", 1) >= 4.0
+    assert mean_len("arith", 5) / mean_len("arith", 1) < 3.5
 
 
 def test_bad_arguments_are_named():

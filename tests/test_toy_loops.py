@@ -84,3 +84,17 @@ def test_ramble_options_are_checked():
     assert (cfg.student.loop_phrase, cfg.student.loop_max_start) == ("hm.", 2)
     with pytest.raises(ConfigError, match="loop_max_start"):
         parse_dataclass(ToyModelsConfig, {"student": {"loop_max_start": -2}}, "toy_models")
+
+
+def test_ramble_on_a_reduce_solution_splits_steps_at_the_equals_sign():
+    sol = "55-9+4 = 46+4 = 50. \\boxed{50}"
+    seen = set()
+    for seed in range(40):
+        out = toy.looping_solution(sol, random.Random(seed), 80, phrase=PHRASE, max_start=1)
+        assert len(out) == 80 and "boxed" not in out and "46+4" not in out  # at most one clean step
+        seen.add(out.startswith("55-9+4 " + PHRASE))
+    assert seen == {True, False}
+    for seed in range(20):  # repeat mode: clean steps, then one of them repeated
+        out = toy.looping_solution(sol, random.Random(seed), 40)
+        assert len(out) == 40 and "boxed" not in out
+        assert all(p in {"55-9+4", "46+4", "50."} for p in out.replace(" = ", " ").split(" ")[:-1]), out

@@ -1,8 +1,13 @@
 """The embedded tasks: multi-step integer arithmetic with a worked solution.
 
-Two formats (``data.synthetic.task``), same prompts (``17+38-9``) and grader:
+Three formats (``data.synthetic.task``), same prompts (``17+38-9``) and grader:
 
 * ``arith`` (short): ``17+38=55. 55-9=46. \\boxed{46}``.
+* ``reduce``: every step rewrites the whole expression with its first operation done
+  (``17+38-9+4`` -> ``55-9+4 = 46+4 = 50. \\boxed{50}``): a step is local (compute two
+  neighbouring numbers, copy the rest), and a solution's length grows faster than linearly
+  with the number of operations (1-5 operations: ~15 to ~63 tokens, 4.2x), so a fixed length
+  budget that fits easy problems cuts hard ones -- as on the papers' benchmarks.
 * ``long``: every step also rewrites what is left of the expression, so a solution is a
   longer trace whose length grows with the number of operations (``17+38-9+4`` ->
   ``17+38=55; 55-9+4. 55-9=46; 46+4. 46+4=50. \\boxed{50}``).  This is the task on which a
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import random
 
-TASKS = ("arith", "long")
+TASKS = ("arith", "reduce", "long")
 
 
 def _check(n_ops: int, operand_max: int, task: str) -> None:
@@ -38,11 +43,15 @@ def worked_solution(operands: list[int], ops: list[str], task: str = "arith") ->
             raise ValueError(f"operations are '+' or '-', got {op!r}")
         new = acc + b if op == "+" else acc - b
         rest = "".join(f"{o}{x}" for o, x in zip(ops[i + 1:], operands[i + 2:]))
-        if task == "long" and rest:
+        if task == "reduce":
+            steps.append(f"{new}{rest}")                          # the expression, one operation done
+        elif task == "long" and rest:
             steps.append(f"{acc}{op}{b}={new}; {new}{rest}.")   # rewrite what is left
         else:
             steps.append(f"{acc}{op}{b}={new}.")
         acc = new
+    if task == "reduce":
+        return " = ".join(steps) + f". \\boxed{{{acc}}}", acc
     return " ".join(steps) + f" \\boxed{{{acc}}}", acc
 
 

@@ -113,14 +113,18 @@ def looping_solution(solution: str, rng: random.Random, length: int, phrase: str
     reasoning traces -- while the teacher, trained on clean solutions only, has never seen
     one: a rambling prefix puts the teacher off its distribution (low top-k overlap).
     """
-    steps = [s.rstrip(".") + "." for s in solution.rsplit(" \\boxed{", 1)[0].split(". ")]
+    body = solution.rsplit(" \\boxed{", 1)[0]
+    if " = " in body:  # task reduce: steps joined by " = ", the last one ends with "."
+        steps, sep = body.split(" = "), " = "
+    else:
+        steps, sep = [s.rstrip(".") + "." for s in body.split(". ")], " "
     if phrase:
         last = len(steps) if max_start < 0 else min(len(steps), max_start)
         n_clean, unit = rng.randrange(last + 1), phrase
     else:
         cut = rng.randrange(len(steps))
         n_clean, unit = cut + 1, steps[cut]
-    out = " ".join(steps[:n_clean])
+    out = sep.join(steps[:n_clean])
     while len(out) < length:
         out += (" " if out else "") + unit
     return out[:length]
