@@ -351,7 +351,7 @@ class TrainResources(RuleResources):
 class ResourcesConfig:
     """Per-rule resources; cluster-specific values (partition, account) live in the profile."""
     prepare_data: RuleResources = sub(RuleResources, "prepare_data jobs")
-    build_toy_models: RuleResources = opt(RuleResources(cpus_per_task=2), "build_toy_models jobs (one per role)")
+    build_toy_models: RuleResources = opt(RuleResources(cpus_per_task=1), "build_toy_models jobs (one per role; 1 thread each: the two builds run side by side on 2 cores)")
     cache_teacher: RuleResources = sub(RuleResources, "cache_teacher jobs")
     train: TrainResources = sub(TrainResources, "train jobs")
     evaluate: RuleResources = sub(RuleResources, "evaluate jobs")
