@@ -118,6 +118,7 @@ def test_report_writes_lengths_and_delta(tmp_path):
     md = (out / "main.md").read_text()
     assert "## Δ vs OPD per benchmark" in md and "Mean length, hardest level / easiest: 2.02x." in md
     assert md.index("# Main results") < md.index("## Δ vs OPD per benchmark") < md.index("## Hyperparameters")
+    assert "|\n\n## The teacher's correct solutions" in md  # a blank line between the two tables
     with open(out / "delta.csv") as fh:
         d = {r["method"]: r for r in csv.DictReader(fh)}
     assert float(d["pgopd"]["easy_diff"]) == 0.0 and float(d["fixed_truncation-pgopd"]["easy_diff"]) == 0.25

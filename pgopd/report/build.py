@@ -54,8 +54,8 @@ def report(eval_jsons: list[Path], train_jsons: list[Path], out_dir: Path, *, me
         len_rows = L.length_rows(teacher_samples, read_jsonl(Path(train_data), ["id", "ops"]), trains)
     extra = TL.render_markdown(tail_rows, TL.summary(cands)) + "\n" + K.render_markdown(costs, stops, controls)
     write_tables(t, out_dir, hparams, trains)
-    write_atomic(out_dir / "main.md", render_markdown(t, hparams, trains, after=D.render_markdown(deltas, t.benches)
-                                                      + L.render_markdown(len_rows)) + "\n" + extra)
+    write_atomic(out_dir / "main.md", render_markdown(t, hparams, trains, after="\n".join(
+        x for x in (D.render_markdown(deltas, t.benches), L.render_markdown(len_rows)) if x)) + "\n" + extra)
     write_atomic(out_dir / "delta.csv", csv_text(D.columns(t.benches), deltas))
     write_atomic(out_dir / "solution_lengths.csv", csv_text(L.columns(len_rows), len_rows))
     write_atomic(out_dir / "costs.csv", csv_text(K.COST_COLUMNS, costs))
