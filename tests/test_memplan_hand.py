@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pgopd import config as C
+from pgopd import memadvice as A
 from pgopd import memplan as M
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +212,57 @@ def test_32b_teacher_on_80gb_names_no_impossible_knob():
     scoring = next(x for x in lines if "phase scoring" in x)
     assert "any one of these fits" not in scoring, scoring
     assert 2 * P_32B / GIB > 61
+
+
+def _raw_32b(gpu_mem_gb=None):
+    raw = paper_raw()
+    raw["pairs"] = {"qwen3_32b_to_1_7b": {"teacher": "Qwen/Qwen3-32B", "student": "Qwen/Qwen3-1.7B"}}
+    if gpu_mem_gb is not None:
+        raw["resources"]["train"]["gpu_mem_gb"] = gpu_mem_gb
+    return raw
+
+
+def _says_minimum_and_structure(line: str, teacher_gib: float) -> float:
+    least = float(re.search(r"(?:still needs|the minimum is) ([\d.]+) GiB", line).group(1))
+    assert least > teacher_gib, line   # the minimum holds at least the teacher's weights
+    assert "structural options: a larger GPU: resources.train.gpu_model: " in line, line
+    assert "the teacher on its own GPUs or served remotely" in line, line
+    assert "tensor parallelism for the teacher" in line, line
+    return least
+
+
+def test_32b_teacher_on_80gb_says_the_minimum_and_the_structural_options():
+    lines = _over(_raw_32b())   # H100-80: 79.6 GiB
+    assert any("phase scoring" in x for x in lines), lines
+    for line in lines:
+        least = _says_minimum_and_structure(line, 2 * P_32B / GIB)
+        if "no knob fits" in line:   # then it names no knob as a fix
+            assert not _named_knobs(line) and "together" not in line, line
+            assert least > 79.6, line
+        # the larger GPU it names fits this phase with headroom (not another marginal fit)
+        name = re.search(r"gpu_model: (\S+) \(", line).group(1)
+        gib = float(re.search(r"this phase then needs ([\d.]+) GiB", line).group(1))
+        assert gib <= (1 - A.MARGINAL) * M.GPU_MODELS[name], line
+
+
+@pytest.mark.parametrize("gpu_mem_gb, why", [(82, "a marginal fit"), (90, "the teacher's weights alone take 61.0")])
+def test_a_fit_by_every_knob_together_that_is_marginal_or_teacher_bound_also_gives_minimum_and_structure(
+        gpu_mem_gb, why):
+    lines = _over(_raw_32b(gpu_mem_gb))
+    assert lines
+    for line in lines:
+        assert "no single knob fits; together: " in line and why in line, line
+        least = _says_minimum_and_structure(line, 2 * P_32B / GIB)
+        assert least <= gpu_mem_gb, line
+        together = re.findall(r"(train\.[a-z_.]+): ([\w.]+)[,( ]", line.split("together: ")[1].split(" (")[0] + " ")
+        assert together, line
+        train = dict(paper_raw()["train"])
+        raw = _raw_32b(gpu_mem_gb) | {"train": train}
+        for knob, value in together:   # the knobs it names, together, really fit the phase
+            raw = _set(raw, knob, value)
+        phase = re.match(r"pair \S+: phase (\S+) needs", line).group(1)
+        fixed = _plan(raw, "qwen3_32b_to_1_7b")
+        assert fixed.phase(phase).bytes <= fixed.budget_bytes, line
 
 
 def test_gpu_model_choices_and_help_follow_the_table():
