@@ -1,7 +1,7 @@
 """Per-phase peak memory of one OPD step on CPU, bf16, DeepSpeed ZeRO-2 and ZeRO-3 over two
 processes (gloo), against the memory plan (``pgopd.memplan``): ``make bench-memory``.
 
-Each case runs two fresh processes (ranks 0 and 1).  In each, VmHWM is reset
+Each case runs two fresh processes (ranks 0 and 1; a case's ``world``: more).  In each, VmHWM is reset
 (``/proc/self/clear_refs`` = 5) before a phase and read after it; a phase's *transient* is the
 peak minus the RSS just before it, and is compared with the plan's phase-specific terms:
 
@@ -9,18 +9,22 @@ peak minus the RSS just before it, and is compared with the plan's phase-specifi
              (plan: student weights + gradients + optimizer states [+ ZeRO-3 reduce bucket]);
     update   ``pgopd.update.accumulate`` of one micro-batch (activations, LM-head chunk, the
              head's gradient, ZeRO-2 reduce bucket / ZeRO-3 gathered parameters); the plan is
-             the largest of its moments (backward start, layer reduces, last reduce);
+             the largest of its moments (backward start, head gradient, layer reduces, last
+             reduce), measured after one unmeasured update at the same shapes (ZeRO-3: two);
     step     ``engine.step()`` (ZeRO-3: fp32 gradient partition + AdamW temporary; ZeRO-2:
              the larger of the AdamW temporary and the fp64 copy of the gradient norm);
     sync     ``train._full_named_params`` (ZeRO-3: all weights gathered and cloned);
     scoring  a bf16 teacher's ``TeacherScorer`` over the live rows to full length (its KV,
-             the KV growth, GQA's expanded K/V, one layer's MLP, one chunk of logits).
+             the KV growth, GQA's expanded K/V, one layer's MLP; or one chunk of logits),
+             after one unmeasured scoring at the same shapes.
 
 glibc is told to mmap every block >= 64 KiB so freed tensors leave the RSS.  On CPU only
 touched pages count, so the ZeRO reduce bucket is set below the parameter count (it fills),
 and torch's AdamW runs its foreach path (what CUDA uses).  Not measurable here: the vLLM
-reservation / sleep residue, the CUDA context and NCCL (plan terms kept out of the comparison).
-Eleven cases per stage, one more on four ranks (:data:`CASES`) each make one or two plan terms a large share of a phase.
+reservation / sleep residue, the CUDA context and NCCL (plan terms kept out of the comparison);
+what only the CPU run holds (gloo's buffers, unwritten bucket pages) is added as "CPU only" terms
+(:func:`cpu_only_terms`).  Eleven cases per stage and one on four ranks, ZeRO-2 only
+(:data:`CASES`), each make one or two plan terms a large share of a phase.
 """
 from __future__ import annotations
 
@@ -353,8 +357,8 @@ def main(argv=None) -> int:
     if a.replan:
         out = json.loads(a.out.read_text())
         rows = {(r["case"], r["zero_stage"]): planned(r) for r in out["rows"]}
-        out["state_delta"] = [state_delta(rows[(d["cases"][0], d["zero_stage"])], rows[(d["cases"][1], d["zero_stage"])],
-                                          d["zero_stage"]) for d in out["state_delta"]]
+        out["state_delta"] = [state_delta(*(rows[(c, d["zero_stage"])] for c in d["cases"]), d["zero_stage"])
+                              for d in out["state_delta"]]
         a.out.write_text(json.dumps(out, indent=1) + "\n")
         print(f"replanned {a.out}")
         return 0

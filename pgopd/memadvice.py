@@ -3,10 +3,11 @@
 For each config knob, the phase is re-planned with the knob moved step by step towards its best
 value; a knob is named only if some value makes the phase fit (the mildest such value is given).
 When no single knob does, the knobs together are tried (a marginal fit, or a teacher larger
-than half the GPU, also gets the minimum and the structural options); when even that fails, the message gives
-the minimum (every knob at its best value) and the structural changes that would fit: a GPU
-model from the table (with :data:`MARGINAL` headroom), the teacher on its own GPUs / served remotely, tensor parallelism for the
-teacher (the last two are not implemented in pgopd as of 2026-12-05, and the message says so).
+than half the GPU, also gets the minimum and the structural options); when even that fails,
+the message gives the minimum (every knob at its best value) and the structural changes that
+would fit: a GPU model from the table (with :data:`MARGINAL` headroom), the teacher on its own
+GPUs / served remotely, tensor parallelism for the teacher (the last two are not implemented in
+pgopd as of 2026-12-05, and the message says so).
 """
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ def structural_options(x: PlanInputs, phase: str) -> list[str]:
 
 def _largest(best: PlanInputs, phase: str) -> str:
     p = next(p for p in phases(best) if p.name == phase)
-    return "largest: " + ", ".join(f"{t.name} {t.gib:.1f}" for t in sorted(p.terms, key=lambda t: -t.bytes)[:4]) + " GiB"
+    big = sorted(p.terms, key=lambda t: -t.bytes)[:4]
+    return "largest: " + ", ".join(f"{t.name} {t.gib:.1f}" for t in big) + " GiB"
 
 
 def _minimum(best: PlanInputs, phase: str) -> str:

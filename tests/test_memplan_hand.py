@@ -48,7 +48,7 @@ def _hand(W: int, stage: int, rows_live: int, seq: int, micro: int, util: float)
     kv = rows_live * seq * KV_8B
     vllm = util * H100 * GIB
     kept = {}  # the rollout loop releases the teacher KV before the update (pgopd/rollout/loop.py)
-    # the update: resident terms, then the largest of three moments of backward (memterms._update_terms)
+    # the update: resident terms, then the largest of four moments of backward (memterms._update_terms)
     update = {**state, **grads, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB}
     act = micro * (28 * 2 * 2048 + 8 * 2048)  # layer inputs + final norm (checkpointed)
     # the tied head's gradient: the running sum while a chunk's logits are worked on (16 B per
