@@ -1,7 +1,7 @@
 """Per-phase peak memory of one OPD step on CPU, bf16, DeepSpeed ZeRO-2 and ZeRO-3 over two
 processes (gloo), against the memory plan (``pgopd.memplan``): ``make bench-memory``.
 
-Each case runs two fresh processes (ranks 0 and 1).  In each, VmHWM is reset
+Each case runs two fresh processes (ranks 0 and 1; a case's ``world``: more).  In each, VmHWM is reset
 (``/proc/self/clear_refs`` = 5) before a phase and read after it; a phase's *transient* is the
 peak minus the RSS just before it, and is compared with the plan's phase-specific terms:
 
@@ -9,18 +9,22 @@ peak minus the RSS just before it, and is compared with the plan's phase-specifi
              (plan: student weights + gradients + optimizer states [+ ZeRO-3 reduce bucket]);
     update   ``pgopd.update.accumulate`` of one micro-batch (activations, LM-head chunk, the
              head's gradient, ZeRO-2 reduce bucket / ZeRO-3 gathered parameters); the plan is
-             the largest of its moments (backward start, layer reduces, last reduce);
+             the largest of its moments (backward start, head gradient, layer reduces, last
+             reduce), measured after one unmeasured update at the same shapes (ZeRO-3: two);
     step     ``engine.step()`` (ZeRO-3: fp32 gradient partition + AdamW temporary; ZeRO-2:
              the larger of the AdamW temporary and the fp64 copy of the gradient norm);
     sync     ``train._full_named_params`` (ZeRO-3: all weights gathered and cloned);
     scoring  a bf16 teacher's ``TeacherScorer`` over the live rows to full length (its KV,
-             the KV growth, GQA's expanded K/V, one layer's MLP, one chunk of logits).
+             the KV growth, GQA's expanded K/V, one layer's MLP; or one chunk of logits),
+             after one unmeasured scoring at the same shapes.
 
 glibc is told to mmap every block >= 64 KiB so freed tensors leave the RSS.  On CPU only
 touched pages count, so the ZeRO reduce bucket is set below the parameter count (it fills),
 and torch's AdamW runs its foreach path (what CUDA uses).  Not measurable here: the vLLM
-reservation / sleep residue, the CUDA context and NCCL (plan terms kept out of the comparison).
-Nine cases per stage (:data:`CASES`) each make one or two plan terms a large share of a phase.
+reservation / sleep residue, the CUDA context and NCCL (plan terms kept out of the comparison);
+what only the CPU run holds (gloo's buffers, unwritten bucket pages) is added as "CPU only" terms
+(:func:`cpu_only_terms`).  Eleven cases per stage and one on four ranks, ZeRO-2 only
+(:data:`CASES`), each make one or two plan terms a large share of a phase.
 """
 from __future__ import annotations
 
@@ -67,6 +71,18 @@ CASES = {name: {**DEFAULT, **c} for name, c in {
     # wide layers, 1,024 checkpointed tokens: one layer's recompute in backward
     "recompute": dict(student=dict(vocab_size=4096, intermediate_size=16_384, num_hidden_layers=2), rows=2,
                       prompt=448, response=64, chunk=16, s_chunk=16),
+    # a wide tied vocabulary, two LM-head chunks of 72 and 56 positions: the start of backward
+    # binds (the head's gradient, running sum + one chunk's, and the chunk's logits) by 25%
+    "tiedhead": dict(student=dict(vocab_size=131_072, num_hidden_layers=2), rows=2, prompt=8, response=64,
+                     chunk=72, live=2, s_prompt=24, s_response=16, score_chunk=16, s_chunk=16),
+    # the head case on four ranks, ZeRO-2 only: the last reduce binds with the head's gradient
+    # sum half of it (on two ranks the gradient partition and the reduce's fp32 copy are each as
+    # large as the sum, so no case there can show that sum halved)
+    "head4": dict(student=dict(vocab_size=131_072, num_hidden_layers=2), rows=1, prompt=8, response=8, chunk=16,
+                  live=2, s_prompt=24, s_response=16, score_chunk=16, s_chunk=16, world=4, stages=[2]),
+    # 24 narrow layers, 32 tokens: ZeRO-3's gathered parameters are most of the layers' reduces
+    "deep": dict(student=dict(vocab_size=4096, num_hidden_layers=24), rows=1, prompt=24, response=8, chunk=16,
+                 live=2, s_prompt=24, s_response=16, score_chunk=16, s_chunk=16),
     # a one-layer MHA teacher at 2,048 tokens: its KV and the KV growth of torch.cat
     "kv": dict(student=dict(vocab_size=4096), teacher=dict(num_hidden_layers=1, num_attention_heads=4,
                num_key_value_heads=4, intermediate_size=256), live=16, s_prompt=64, s_response=1984, s_chunk=16),
@@ -161,6 +177,19 @@ def child(spec: dict) -> dict:
     accumulate(engine, _rollout(1, 4, 4, shape["vocab_size"], 1), cfg, 0, dist)
     engine.step()  # optimizer states exist now
     out["state"] = meter.rss() - rss0
+    # warm-up at the measured shapes (its own tokens), not measured: (1) on CPU the first call of
+    # a new shape leaves RSS behind outside torch's allocator (oneDNN's bf16 matmul primitives:
+    # ~0.6 MiB per new matmul shape, 2-3 MiB per new SDPA shape; measured 2026-12-05,
+    # /proc/self/status around each op), ~14 MiB in the 8-layer cases, a CPU artefact a GPU does
+    # not have; (2) ZeRO-3 runs on its recorded parameter trace from the second forward of the
+    # same module order on (partitioned_param_coordinator.py reset_step: INVALID -> RECORD ->
+    # COMPLETE; a differing order invalidates it): only with a COMPLETE trace are parameters
+    # prefetched and kept within stage3_max_reuse_distance, as in steady training, so ZeRO-3
+    # warms twice (the tiny step above recorded another order)
+    for i in range(2 if spec["stage"] == 3 else 1):
+        accumulate(engine, _rollout(c["rows"], c["prompt"], c["response"], shape["vocab_size"], 10 + 2 * i + dist.rank),
+                   cfg, 0, dist)
+        engine.step()
     res = _rollout(c["rows"], c["prompt"], c["response"], shape["vocab_size"], 2 + dist.rank)
     out["update"], acc = meter(lambda: accumulate(engine, res, cfg, 0, dist))
     out["n_micro_batches"] = acc["n_micro_batches"]
@@ -181,7 +210,53 @@ def child(spec: dict) -> dict:
         scorer.kv = None  # drop the cache (the plan's "kept" term is not what this measures)
 
     score(1, 4, 1)  # first calls (kernels, thread pools) outside the measurement
+    score(c["live"], c["s_prompt"], c["s_response"] // c["score_chunk"])  # the same shapes, unmeasured (above)
     out["scoring"], _ = meter(lambda: score(c["live"], c["s_prompt"], c["s_response"] // c["score_chunk"]))
+    return out
+
+
+#: gloo's own buffers on CPU (measured 2026-12-05 with two processes, torch 2.13, VmHWM around
+#: one collective of a tensor of N bytes, N = 2-32 MiB, fp32 and bf16): ``all_reduce`` and
+#: ``reduce`` min(N / 2, 2 MiB); ``reduce_scatter_tensor`` a flat copy of its input plus the same;
+#: ``all_gather_into_tensor`` a copy of its output.  NCCL on a GPU takes nothing from torch's
+#: allocator (its buffers are the plan's runtime reserve), so these are terms of this CPU bench,
+#: added to the plan's update here and never perturbed by tests/test_memplan_bench.py
+CPU_ONLY = "CPU only: "
+GLOO_SEGMENT = 2 * MIB
+
+
+def cpu_only_terms(x, stage: int) -> dict:
+    """Terms of this CPU bench that a GPU does not have, by phase (``x``: PlanInputs): gloo's
+    scratch during ZeRO's reduces of the update, and the reduce bucket's pages that are never
+    written (on CPU only touched pages count: ``torch.empty`` of the bucket, filled up to the
+    largest fill of :func:`pgopd.memterms.reduce_fills`; a GPU allocates it whole)."""
+    from pgopd.memterms import COMM_BYTES, LAST, LAYERS, Term, reduce_fills, zero2_reduce_elements
+
+    out = {"update": [], "state": []}
+    for at in (LAYERS, LAST):
+        if stage == 2:   # all_reduce of the fp32 cast of a bucket (or of a parameter larger than it)
+            n = COMM_BYTES * zero2_reduce_elements(x, at)
+            out["update"].append(Term(f"{CPU_ONLY}gloo all-reduce scratch ({at})", min(n / 2, GLOO_SEGMENT),
+                                      moments=(at,)))
+        elif stage == 3:  # reduce_scatter_tensor of the fp32 flat buffer (a bucket's fill, or a larger parameter)
+            layers, last, _ = reduce_fills(x.student, x.reduce_bucket)
+            big = (max(x.student.hidden * x.student.intermediate, x.student.hidden * x.student.q_dim) if at == LAYERS
+                   else x.student.embedding)
+            n = COMM_BYTES * (big if big > x.reduce_bucket else (layers if at == LAYERS else last))
+            out["update"].append(Term(f"{CPU_ONLY}gloo reduce-scatter copy + scratch ({at})",
+                                      n + min(n / 2, GLOO_SEGMENT), moments=(at,)))
+    if stage == 3:  # the forward's prefetch gathers up to stage3_prefetch_bucket_size (5e7) elements
+        # in one all_gather_into_tensor, whose gloo copy (1x its output) is alive with the gathered
+        # parameters; alive in the forward, counted at the start of backward (an upper bound)
+        from pgopd.memterms import DS_PARAM_PERSISTENCE, START
+        n = min(x.student.params - x.student.small_params(DS_PARAM_PERSISTENCE), 50_000_000)
+        out["update"].append(Term(f"{CPU_ONLY}gloo all-gather copy (prefetch)", x.dtype_bytes * n, moments=(START,)))
+    unwritten = x.reduce_bucket - reduce_fills(x.student, x.reduce_bucket)[2]
+    if stage == 2:    # allocated at the first hook of each backward (setup_buckets), in bf16
+        out["update"].append(Term(f"{CPU_ONLY}reduce bucket pages never written", -x.dtype_bytes * unwritten,
+                                  moments=(LAYERS, LAST)))
+    elif stage == 3:  # fp32, held from init
+        out["state"].append(Term(f"{CPU_ONLY}reduce bucket pages never written", -COMM_BYTES * unwritten))
     return out
 
 
@@ -195,6 +270,7 @@ def predicted(case: str, stage: int, world: int = 2, moments: bool = False) -> d
     from pgopd.memterms import LAST, LAYERS
 
     c = CASES[case]
+    world = c.get("world", world)
     s = M.Shape.from_config({**STUDENT, **c["student"], "model_type": "qwen3"})
     t = M.Shape.from_config({**TEACHER, **c["teacher"], "vocab_size": s.vocab, "model_type": "qwen3"})
     x = M.PlanInputs(student=s, teacher=t, rows=c["rows"], prompt_tokens=c["prompt"], max_new_tokens=c["response"],
@@ -210,8 +286,9 @@ def predicted(case: str, stage: int, world: int = 2, moments: bool = False) -> d
     # reduces only (in training, from the second micro-batch on, it is alive throughout)
     grads = [dataclasses.replace(t, moments=(LAYERS, LAST)) for t in M.student_state_terms(x)
              if t.name == "student gradients"] if stage == 2 else []
-    terms = {"state": [t for t in M.student_state_terms(x, training=False) if t.bytes],
-             "update": M._update_terms(x) + grads, "step": M._step_terms(x), "sync": M._sync_terms(x),
+    cpu = cpu_only_terms(x, stage)
+    terms = {"state": [t for t in M.student_state_terms(x, training=False) if t.bytes] + cpu["state"],
+             "update": M._update_terms(x) + grads + cpu["update"], "step": M._step_terms(x), "sync": M._sync_terms(x),
              "scoring": M._scoring_terms(sx)}
     return {ph: {t.name: ((t.bytes, t.moments) if moments else t.bytes) for t in ts} for ph, ts in terms.items()}
 
@@ -223,12 +300,13 @@ def _free_port() -> int:
 
 
 def measure(case: str, stage: int) -> dict:
-    """Both ranks of one case; per phase the larger transient of the two."""
+    """Every rank of one case (two, or the case's ``world``); per phase the largest transient."""
     port = _free_port()
     procs = []
-    for rank in (0, 1):
+    world = CASES[case].get("world", 2)
+    for rank in range(world):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
-               "PYTHONPATH": str(ROOT), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "PYTHONPATH": str(ROOT), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
         procs.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps({"case": case, "stage": stage, "spec": CASES[case]})],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -238,13 +316,18 @@ def measure(case: str, stage: int) -> dict:
         if p.returncode:
             raise RuntimeError(f"case {case} ZeRO-{stage} failed:\n{se[-3000:]}")
         ranks.append(json.loads(so.strip().splitlines()[-1]))
+    return planned({"case": case, "zero_stage": stage, "ranks": ranks})
+
+
+def planned(row: dict) -> dict:
+    """``row`` (case, stage, every rank's measurements) with, per phase, the largest measurement
+    of the ranks next to today's plan (its largest moment; the terms' bytes by name)."""
     from pgopd.memterms import peak_bytes
 
-    plan = predicted(case, stage, moments=True)
-    row = {"case": case, "zero_stage": stage, "ranks": ranks, "phases": {}}
-    for ph, terms in plan.items():
-        meas = max(r[ph] for r in ranks)
-        pl = peak_bytes(terms.values())   # the largest moment (the update), else the sum
+    row["phases"] = {}
+    for ph, terms in predicted(row["case"], row["zero_stage"], moments=True).items():
+        meas = max(r[ph] for r in row["ranks"])
+        pl = peak_bytes(terms.values())
         row["phases"][ph] = {"measured": meas, "plan": pl, "ratio": round(meas / pl, 3) if pl else None,
                              "plan_terms": {k: b for k, (b, _) in terms.items()}}
     return row
@@ -268,7 +351,17 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--replan", action="store_true",
+                    help="measure nothing: recompute the plan columns of --out from today's pgopd.memterms")
     a = ap.parse_args(argv)
+    if a.replan:
+        out = json.loads(a.out.read_text())
+        rows = {(r["case"], r["zero_stage"]): planned(r) for r in out["rows"]}
+        out["state_delta"] = [state_delta(*(rows[(c, d["zero_stage"])] for c in d["cases"]), d["zero_stage"])
+                              for d in out["state_delta"]]
+        a.out.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"replanned {a.out}")
+        return 0
     if a.child:
         from pgopd.teardown import end_process_group
 
@@ -280,6 +373,8 @@ def main(argv=None) -> int:
     for stage in map(int, a.stages.split(",")):
         by_case = {}
         for case in a.cases.split(","):
+            if stage not in CASES[case].get("stages", (2, 3)):
+                continue
             row = by_case[case] = measure(case, stage)
             rows.append(row)
             for ph, v in row["phases"].items():

@@ -97,6 +97,9 @@ def teacher_pieces(hidden_NH: torch.Tensor, lm_head, tokens_N: torch.Tensor, k: 
         top.append(logits_CV.topk(min(k, logits_CV.shape[-1]), dim=-1).indices)
         if at_ids_NK is not None:
             at.append(logits_CV.gather(-1, at_ids_NK[s:s + chunk].to(dev)) - lse_C1)
+        # free this chunk's fp32 logits before the next chunk's are made (else both are alive:
+        # 4 B per logit more at the scoring peak, docs/memory.md)
+        del logits_CV, lse_C1
     V = lm_head.out_features if hasattr(lm_head, "out_features") else None
     if not logp:  # no position: empty tensors of the right widths
         kk = k if V is None else min(k, V)

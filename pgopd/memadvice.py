@@ -2,10 +2,12 @@
 
 For each config knob, the phase is re-planned with the knob moved step by step towards its best
 value; a knob is named only if some value makes the phase fit (the mildest such value is given).
-When no single knob does, the knobs together are tried; when even that fails, the message gives
-the minimum (every knob at its best value) and the structural changes that would fit: a GPU
-model from the table, the teacher on its own GPUs / served remotely, tensor parallelism for the
-teacher (the last two are not implemented in pgopd as of 2026-12-05, and the message says so).
+When no single knob does, the knobs together are tried (a marginal fit, or a teacher larger
+than half the GPU, also gets the minimum and the structural options); when even that fails,
+the message gives the minimum (every knob at its best value) and the structural changes that
+would fit: a GPU model from the table (with :data:`MARGINAL` headroom), the teacher on its own
+GPUs / served remotely, tensor parallelism for the teacher (the last two are not implemented in
+pgopd as of 2026-12-05, and the message says so).
 """
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ from .memshapes import GPU_MODELS
 
 MIN_LOGPROB_CHUNK = 128   # below this the LM-head calls dominate the update's time
 MIN_ROLLOUT_CHUNK = 16
+
+#: a fit by the knobs together with less headroom than this share of the GPU is marginal: the
+#: plan's estimates (vLLM's residue, the runtime reserve) are not that exact, so the message
+#: then also gives the minimum and the structural options
+MARGINAL = 0.05
 
 
 def _halvings(start: int, stop: int) -> list[int]:
@@ -118,7 +125,7 @@ def structural_options(x: PlanInputs, phase: str) -> list[str]:
     for name, gib in sorted(GPU_MODELS.items(), key=lambda kv: kv[1]):
         if gib > x.budget_gib:
             y = all_at_best(dataclasses.replace(x, budget_gib=gib))
-            if _fits(y, phase):
+            if need_bytes(y, phase) <= (1 - MARGINAL) * gib * GIB:  # not a marginal fit again
                 out.append(f"a larger GPU: resources.train.gpu_model: {name} ({gib:.1f} GiB; this phase "
                            f"then needs {need_bytes(y, phase) / GIB:.1f} GiB at the knobs' best values)")
                 break
@@ -136,18 +143,43 @@ def structural_options(x: PlanInputs, phase: str) -> list[str]:
     return out or ["none of these fits: a smaller teacher or student"]
 
 
+def _largest(best: PlanInputs, phase: str) -> str:
+    p = next(p for p in phases(best) if p.name == phase)
+    big = sorted(p.terms, key=lambda t: -t.bytes)[:4]
+    return "largest: " + ", ".join(f"{t.name} {t.gib:.1f}" for t in big) + " GiB"
+
+
+def _minimum(best: PlanInputs, phase: str) -> str:
+    return (f"with every knob at its best value it still needs {need_bytes(best, phase) / GIB:.1f} GiB of "
+            f"{best.budget_gib:.1f} ({_largest(best, phase)})")
+
+
+def teacher_dominates(x: PlanInputs) -> bool:
+    """The teacher's weights alone take more than half of the GPU."""
+    return x.teacher_dtype_bytes * x.teacher.params > x.budget_gib * GIB / 2
+
+
 def advice(x: PlanInputs, phase: str) -> str:
-    """The sentence after "phase P needs N GiB": which knobs fit, or the minimum and structure."""
+    """The sentence after "phase P needs N GiB": which knobs fit, or the minimum and structure.
+    When only the knobs together fit, and that fit is marginal (headroom under
+    :data:`MARGINAL` of the GPU) or the teacher's weights alone exceed half of the GPU, the
+    minimum and the structural options follow too."""
     fixes = single_knob_fixes(x, phase)
     if fixes:
         return "any one of these fits: " + "; ".join(
             f"{k}: {v} (now {_current(x, k)}; {gib:.1f} GiB)" for k, v, gib in fixes)
     best = all_at_best(x)
     if _fits(best, phase):
-        return ("no single knob fits; together: " + ", ".join(_together(x, phase))
-                + f" ({need_bytes(best, phase) / GIB:.1f} GiB with every knob at its best value)")
-    p = next(p for p in phases(best) if p.name == phase)
-    big = sorted(p.terms, key=lambda t: -t.bytes)[:4]
-    return (f"no knob fits: with every knob at its best value it still needs {p.gib:.1f} GiB (largest: "
-            + ", ".join(f"{t.name} {t.gib:.1f}" for t in big) + " GiB); structural options: "
+        need = need_bytes(best, phase)
+        msg = ("no single knob fits; together: " + ", ".join(_together(x, phase))
+               + f" ({need / GIB:.1f} GiB with every knob at its best value)")
+        headroom = x.budget_gib * GIB - need
+        if headroom < MARGINAL * x.budget_gib * GIB or teacher_dominates(x):
+            why = (f"a marginal fit, {headroom / GIB:.1f} GiB to spare" if headroom < MARGINAL * x.budget_gib * GIB
+                   else f"the teacher's weights alone take {x.teacher_dtype_bytes * x.teacher.params / GIB:.1f} "
+                        f"of {x.budget_gib:.1f} GiB")
+            msg += (f"; {why}: the minimum is {need / GIB:.1f} GiB ({_largest(best, phase)})"
+                    + "; structural options: " + "; ".join(structural_options(best, phase)))
+        return msg
+    return ("no knob fits: " + _minimum(best, phase) + "; structural options: "
             + "; ".join(structural_options(best, phase)))

@@ -13,9 +13,10 @@ Phases of one step (each rank), in this order (:data:`PHASES`; ``pgopd preflight
   * scoring:  the teacher scores the chunk (its KV of the live rows at full length, the KV
               growth, GQA's expanded K/V, one layer's MLP, one chunk of logits), vLLM awake;
   * update:   forward/backward of one micro-batch, vLLM asleep (colocate) and the teacher
-              offloaded if set; the largest of three moments of backward (its start: activations,
-              the LM-head chunk and gradient; the layers' reduces: activations, one layer's
-              backward, ZeRO's reduce of a bucket; the last reduce: the tied embedding's);
+              offloaded if set; the largest of four moments of backward (its start: activations,
+              the LM-head chunk and the head's gradient sum; a contribution added to that sum;
+              the layers' reduces: activations, one layer's backward, ZeRO's reduce of a
+              bucket's fill; the last reduce: the tied embedding's);
   * step:     the optimizer step (the fp32 gradient partition and AdamW's temporary);
   * sync:     the new weights pushed into vLLM (ZeRO-3: gathered + cloned; vLLM awake again).
 """
@@ -124,7 +125,8 @@ class Plan:
                             "moments": {m: round(b / GIB, 3) for m, b in p.moments().items()},
                             "binding_moment": p.binding,
                             "terms": [{"term": t.name, "gib": round(t.gib, 3), "knobs": list(t.knobs),
-                                       "note": t.note, "moments": list(t.moments)} for t in p.terms]}
+                                       "note": t.note, "moments": (dict(t.moments) if isinstance(t.moments, dict)
+                                                                   else list(t.moments))} for t in p.terms]}
                            for p in self.phases],
                 "problems": self.problems(), "warnings": self.warnings()}
 
@@ -136,7 +138,8 @@ class Plan:
         lines.append(f"  {'phase':<8} {'term':<42} {'GiB':>8}  note")
         for p in self.phases:
             for t in p.terms:
-                at = f" [{', '.join(t.moments)}]" if t.moments else ""
+                at = (f" [{', '.join(f'{m} {t.gib * f:.2f}' for m, f in t.moments.items())}]"
+                      if isinstance(t.moments, dict) else f" [{', '.join(t.moments)}]" if t.moments else "")
                 lines.append(f"  {p.name:<8} {t.name:<42} {t.gib:8.2f}  {t.note}{at}")
             for m, b in p.moments().items():  # a phase whose terms peak apart: its largest moment
                 lines.append(f"  {p.name:<8} {'= at ' + m:<42} {b / GIB:8.2f}"

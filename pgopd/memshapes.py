@@ -102,6 +102,20 @@ class Shape:
         h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
         return h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h + (2 * self.head_dim if self.qk_norm else 0)
 
+    def layer_tensor_sizes(self) -> list[int]:
+        """Elements of each parameter tensor of one decoder layer, in registration order (q, k,
+        v, o, [q_norm, k_norm,] gate, up, down, input and post-attention norms)."""
+        h, q, kv, i, d = self.hidden, self.q_dim, self.kv_dim, self.intermediate, self.head_dim
+        return [h * q, h * kv, h * kv, q * h] + ([d, d] if self.qk_norm else []) + [h * i, h * i, h * i, h, h]
+
+    def tensor_sizes(self) -> list[int]:
+        """Elements of every parameter tensor (one entry per tensor, the tied head counted once)."""
+        return [self.embedding] * (1 if self.tied else 2) + self.layer_tensor_sizes() * self.layers + [self.hidden]
+
+    def small_params(self, threshold: int) -> int:
+        """Parameters in tensors of at most ``threshold`` elements (ZeRO-3 keeps those whole)."""
+        return sum(n for n in self.tensor_sizes() if n <= threshold)
+
     @property
     def params(self) -> int:
         return self.embedding * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden

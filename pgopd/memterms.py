@@ -15,6 +15,11 @@ DS_REDUCE_BUCKET = 500_000_000
 #: DeepSpeed's stage3_max_live_parameters default (1e9): with max_reuse_distance also 1e9 by
 #: default, parameters reused within the step (checkpointed recompute) stay gathered up to it
 DS_MAX_LIVE_PARAMETERS = 1_000_000_000
+#: DeepSpeed's stage3_param_persistence_threshold default (deepspeed/runtime/zero/config.py: 1e5):
+#: ZeRO-3 does not partition a parameter of at most this many elements
+#: (partition_parameters.py ``_partition_param``: ``param.ds_persist``), every rank holds it whole
+#: and it is never gathered or released (measured: the bench's attention matrices, 2026-12-05)
+DS_PARAM_PERSISTENCE = 100_000
 #: what a sleeping vLLM engine keeps (sleep frees weights and KV cache; its persistent
 #: sampler/input buffers and, with CUDA graphs, the graph pool stay): the ~0.3-1 GiB seen on GPUs
 #: (issue 21); an estimate until ``pgopd preflight`` measures it
@@ -88,19 +93,31 @@ class Term:
     bytes: float
     knobs: tuple = ()     # config keys that shrink this term
     note: str = ""
-    #: the moments of its phase this term is alive in (() = the whole phase); see :class:`Phase`
-    moments: tuple = ()
+    #: the moments of its phase this term is alive in (() = the whole phase), or a dict
+    #: {moment: share of ``bytes`` alive then} for a term whose size differs by moment (the
+    #: head's gradient, ZeRO's gathered parameters and reduce buffers); see :class:`Phase`
+    moments: tuple | dict = ()
 
     @property
     def gib(self) -> float:
         return self.bytes / GIB
 
 
+def _share(moments, m: str) -> float:
+    if not moments:
+        return 1.0
+    if isinstance(moments, dict):
+        return moments.get(m, 0.0)
+    return 1.0 if m in moments else 0.0
+
+
 def moment_bytes(items) -> dict:
     """``items``: (bytes, moments) pairs.  Bytes alive at each named moment: the terms of that
-    moment plus those alive throughout (empty ``moments``); {} when no term names a moment."""
+    moment (their share of ``bytes`` then, when ``moments`` is a dict) plus those alive
+    throughout (empty ``moments``); {} when no term names a moment."""
+    items = list(items)
     names = list(dict.fromkeys(m for _, ms in items for m in ms))
-    return {m: sum(b for b, ms in items if not ms or m in ms) for m in names}
+    return {m: sum(b * _share(ms, m) for b, ms in items) for m in names}
 
 
 def peak_bytes(items) -> float:
@@ -163,7 +180,11 @@ def student_state_terms(x: PlanInputs, training: bool = True) -> list[Term]:
     gb = grad_bytes(x)
     opt_bytes = (4 if db < 4 else 0) + 8      # a master copy only under mixed precision
     zk = () if s == 3 else ("train.zero_stage",)
-    out = [Term("student weights", db * P / (W if s >= 3 else 1), zk, f"{P / 1e9:.2f}B params x {db} B"),
+    # ZeRO-3: the persistent (small) parameters whole on every rank, the rest partitioned
+    small = x.student.small_params(DS_PARAM_PERSISTENCE) if s >= 3 else 0
+    wbytes = db * ((P - small) / W + small) if s >= 3 else db * P
+    out = [Term("student weights", wbytes, zk, f"{P / 1e9:.2f}B params x {db} B" +
+                (f" ({small:.3g} in tensors <= 1e5 elements, not partitioned)" if small else "")),
            Term("student gradients", gb * P / (W if s >= 2 else 1) if training or s != 2 else 0,
                 zk if s < 2 else (), (f"{gb} B/param" if training or s != 2 else
                                       "ZeRO-2: only from backward to step")),
@@ -210,8 +231,41 @@ def zero3_gathered_bytes(x: PlanInputs) -> float:
     """ZeRO-3 full parameters alive in forward/backward: DeepSpeed releases a module's
     parameters only when they are not reused within max_reuse_distance (1e9) or when more than
     stage3_max_live_parameters (1e9) are live, so with the defaults every parameter up to 1e9
-    elements stays gathered (bench/memory.json, ZeRO-3 cases ``layer`` and ``kv``)."""
-    return x.dtype_bytes * min(x.student.params, DS_MAX_LIVE_PARAMETERS)
+    elements stays gathered (bench/memory.json, ZeRO-3 cases ``layer`` and ``kv``, measured
+    with a complete parameter trace, 2026-12-05).  Persistent parameters (at most
+    :data:`DS_PARAM_PERSISTENCE` elements) are resident whole (:func:`student_state_terms`) and
+    not gathered."""
+    s = x.student
+    return x.dtype_bytes * min(s.params - s.small_params(DS_PARAM_PERSISTENCE), DS_MAX_LIVE_PARAMETERS)
+
+
+def zero3_gathered_terms(x: PlanInputs) -> list[Term]:
+    """The gathered parameters by moment of backward.  With a complete trace each module's
+    parameters are released after its backward when no later use is within
+    max_reuse_distance (partitioned_param_coordinator.py ``__params_to_release``): at the start
+    of backward all are gathered (:func:`zero3_gathered_bytes`); at the layers' reduces the
+    layers whose gradients filled the bucket before its first reduce are released
+    (:func:`reduce_fills`); at the last reduce only the tied embedding, used last, is left
+    (measured 2026-12-05, ZeRO-3 case ``kv``: 14.0, 11.0 and 2.0 MiB; case ``bucket``: one of
+    its two layers released at the first reduce).  An untied head is reduced right after its
+    chunks, while everything is still gathered."""
+    s, db = x.student, x.dtype_bytes
+    layer_np = sum(n for n in s.layer_tensor_sizes() if n > DS_PARAM_PERSISTENCE)
+    done = min(s.layers, (x.reduce_bucket - s.hidden) // s.layer_params) if s.layer_params <= x.reduce_bucket else 0
+    full = zero3_gathered_bytes(x)
+    emb = db * s.embedding if s.embedding > DS_PARAM_PERSISTENCE else 0
+    # what is left to use, up to the live-parameter cap the prefetch keeps to
+    left = db * min(s.params - s.small_params(DS_PARAM_PERSISTENCE) - done * layer_np, DS_MAX_LIVE_PARAMETERS)
+    by = {START: full, HEAD: full, LAYERS: max(emb, left), LAST: min(full, emb) if s.tied else full}
+    return [_by_moment("ZeRO-3 gathered parameters", by, f"every parameter up to stage3_max_live_parameters (1e9); "
+                       f"at the layers' reduces less the {done} layers released before the first, at the last reduce "
+                       + ("the embedding" if s.tied else "all (the untied head's reduce)"))]
+
+
+def _by_moment(name: str, by: dict, note: str) -> Term:
+    """A term whose size differs by moment: its bytes are the largest, each moment its share."""
+    top = max(by.values())
+    return Term(name, top, (), note, {m: (b / top if top else 0.0) for m, b in by.items()})
 
 
 def _rollout_terms(x: PlanInputs) -> list[Term]:
@@ -229,36 +283,42 @@ def _rollout_terms(x: PlanInputs) -> list[Term]:
     return out
 
 
+#: the moments of the scoring phase
+T_LAYER, T_HEAD = "teacher layer", "teacher LM head"
+
+
 def _scoring_terms(x: PlanInputs) -> list[Term]:
     """The teacher's forward of one chunk of C positions for the live rows at full length."""
     t, L, db, C = x.teacher, x.live, x.teacher_dtype_bytes, x.rollout_chunk
     kv = teacher_kv_bytes(x)
+    # two moments: a decoder layer runs (the KV's growth, GQA's expansion, the MLP), then the LM
+    # head over the chunk (its logits); the KV is held in both (measured 2026-12-05, bench case
+    # act: 33.8 MiB = KV 1.0 + logits 32.0, where the sum of both moments would be 42.0)
     out = [Term("teacher KV (live rows)", kv, ("train.max_live_rows",), f"{L} rows x {x.seq_len} tokens"),
            # transformers' DynamicLayer.update: keys = torch.cat([keys, new]): old + new of one layer
-           Term("teacher KV growth (torch.cat)", kv / t.layers, ("train.max_live_rows",), "one layer's K and V")]
+           Term("teacher KV growth (torch.cat)", kv / t.layers, ("train.max_live_rows",), "one layer's K and V",
+                (T_LAYER,))]
     if t.heads != t.kv_heads:
         # transformers' sdpa_attention_forward calls repeat_kv (a copy of K and V at all heads)
         # unless SDPA's enable_gqa can be used, which it is not when an attention mask is given
         out.append(Term("teacher GQA K/V expanded", 2 * L * x.seq_len * t.q_dim * db, ("train.max_live_rows",),
-                        f"{t.heads} heads (KV has {t.kv_heads}), one layer"))
+                        f"{t.heads} heads (KV has {t.kv_heads}), one layer", (T_LAYER,)))
     # one layer's SwiGLU: gate, up and act(gate) * up alive together, over the chunk or, in the
     # prefill, over the prompt (conservatively counted with the full-length KV)
     n_mlp = max(C, x.prompt_tokens)
     out.append(Term("teacher layer transient", 3 * L * n_mlp * t.intermediate * db, ("train.chunk_size",),
-                    f"{L} rows x {n_mlp} positions, MLP"))
+                    f"{L} rows x {n_mlp} positions, MLP", (T_LAYER,)))
     # pgopd.logprobs.teacher_pieces, per chunk of at most logprob_chunk positions:
     # ``logits_CV = lm_head(h).float()``: the head's output (db) and its fp32 copy (4, mixed
     # precision only; the db output is freed once copied); then logsumexp's fp32 temporary
-    # (at::logsumexp: ``(self - maxes).exp_()``, exponentiated in place): 8 B per logit.  When
-    # the positions need more than one chunk, the previous chunk's fp32 logits are still bound
-    # to ``logits_CV`` while the next chunk's output and fp32 copy are made: 4 + db + 4 B
-    # (10 B in bf16; measured 20.0 MiB for two chunks of 16 x 131,072 against 16.0 for one)
+    # (at::logsumexp: ``(self - maxes).exp_()``, exponentiated in place): 8 B per logit.  The
+    # loop frees each chunk's fp32 logits before the next chunk's are made (``del logits_CV``,
+    # 2026-12-05; before, the previous chunk's were still alive then: 4 + db + 4 = 10 B in bf16)
     n = min(L * C, x.logprob_chunk or L * C)
-    held = 4 if n < L * C else 0
-    per = max(8, held + db + (4 if db < 4 else 0))
+    per = max(8, db + (4 if db < 4 else 0))
     out.append(Term("teacher logits", n * t.vocab * per,
-                    ("train.logprob_chunk_tokens", "train.max_live_rows"),
-                    f"{n} positions at a time x {per} B" + (" (the previous chunk's fp32 held)" if held else "")))
+                    ("train.logprob_chunk_tokens", "train.max_live_rows"), f"{n} positions at a time x {per} B",
+                    (T_HEAD,)))
     return out
 
 
@@ -283,15 +343,17 @@ def logits_bytes(x: PlanInputs) -> float:
 
 
 def head_grad_bytes(x: PlanInputs) -> float:
-    """The LM head's weight gradient while backward runs: autograd's input buffer sums every
-    LM-head chunk's (and, tied, the embedding's) contribution before AccumulateGrad runs once;
-    while the head's chunks run, the running sum and one new contribution are alive together
-    (2 x V x h); afterwards only the sum (V x h; :func:`_update_terms`)."""
-    return 2 * x.dtype_bytes * x.student.embedding
+    """The LM head's weight gradient at its largest: autograd's input buffer sums every LM-head
+    chunk's (and, tied, the embedding's) contribution before AccumulateGrad runs once; a new
+    contribution is added to the held sum out of place, so the sum, the contribution and their
+    new sum are alive together: 3 x V x h (measured 2026-12-05 at the tied embedding's backward:
+    192 MiB over the layers' end for V x h = 64 MiB, bench cases head and head4); otherwise
+    the sum alone (V x h; :func:`_update_terms`)."""
+    return 3 * x.dtype_bytes * x.student.embedding
 
 
 #: the moments of the update (a phase's bytes are its largest moment, :class:`Phase`)
-START, LAYERS, LAST = "backward start", "layer reduces", "last reduce"
+START, HEAD, LAYERS, LAST = "backward start", "head gradient", "layer reduces", "last reduce"
 
 
 def largest_layer_tensor(s: Shape) -> int:
@@ -299,30 +361,64 @@ def largest_layer_tensor(s: Shape) -> int:
     return max(s.hidden * s.intermediate, s.hidden * s.q_dim)
 
 
-def zero2_reduce_elements(x: PlanInputs, largest: int | None = None) -> float:
-    """Elements ZeRO-2 reduces at once: a full bucket, or a parameter larger than the bucket
-    (reduced on its own; stage_1_and_2.py:1447 ``extra_large_param_to_reduce``, its slices
-    reduced one destination partition at a time, so at most one partition's worth of it)."""
-    big = x.student.largest_tensor if largest is None else largest
-    return max(x.reduce_bucket, min(big, -(-x.student.params // x.world)))
+def reduce_fills(s: Shape, bucket: int) -> tuple[int, int, int]:
+    """DeepSpeed's reduce bucket through one backward, in elements: (the largest fill reduced
+    while the layers run, the fill the epilogue reduces at the end of backward, the largest
+    fill of all).  Gradients arrive in backward order (an untied head first, the final norm,
+    each layer's tensors last layer first, the input / tied embedding last); a gradient that
+    does not fit what is left of the bucket first has the bucket reduced (stage_1_and_2.py:1421
+    ``bucket.elements + param.numel() > self.reduce_bucket_size``; stage3.py:1583 likewise), and
+    one larger than the whole bucket is reduced on its own (stage_1_and_2.py
+    ``extra_large_param_to_reduce``; stage3.py:1626 copies only what fits), not through it.  So a reduce covers at
+    most the bucket, often less (the bench's 20M-element bucket is reduced at 17M)."""
+    order = ([] if s.tied else [s.embedding]) + [s.hidden] + list(reversed(s.layer_tensor_sizes())) * s.layers \
+        + [s.embedding]
+    fill, fills = 0, []
+    for n in order:
+        if fill and fill + n > bucket:
+            fills.append(fill)
+            fill = 0
+        if n <= bucket:
+            fill += n
+    return max(fills, default=0), fill, max(fills + [fill])
 
 
-def zero3_reduce_bytes(x: PlanInputs, largest: int | None = None) -> float:
-    """ZeRO-3's reduce-scatter of one bucket (stage3.py:1913 ``__avg_scatter_grads``):
-    ``reduce_scatter_coalesced`` flattens the gradients into one fp32 buffer (4 B x the bucket);
+def zero2_reduce_elements(x: PlanInputs, at: str) -> float:
+    """Elements ZeRO-2 reduces at once during the layers (``at`` = LAYERS) or at the end of
+    backward (LAST): a bucket's fill (:func:`reduce_fills`), or a parameter larger than the
+    bucket (reduced on its own; stage_1_and_2.py:1447 ``extra_large_param_to_reduce``, its
+    slices reduced one destination partition at a time, so at most one partition's worth)."""
+    s = x.student
+    layers, last, _ = reduce_fills(s, x.reduce_bucket)
+    fill, big = (layers, largest_layer_tensor(s)) if at == LAYERS else (last, s.embedding)
+    return max(fill, min(big, -(-s.params // x.world)) if big > x.reduce_bucket else 0)
+
+
+def zero3_reduce_bytes(x: PlanInputs, at: str) -> float:
+    """ZeRO-3's reduce-scatter of one bucket (stage3.py:1913 ``__avg_scatter_grads``) during
+    the layers (``at`` = LAYERS) or at the end of backward (LAST): ``reduce_scatter_coalesced``
+    flattens the gradients into one fp32 buffer (4 B x the bucket's fill, :func:`reduce_fills`);
     a parameter larger than the bucket is not copied into the fp32 bucket (stage3.py:1626), so
-    its bf16 gradient is first cast to fp32 (stage3.py:1920): 8 B x that parameter."""
-    big = x.student.largest_tensor if largest is None else largest
-    per = COMM_BYTES + (4 if x.dtype_bytes < 4 else 0)
-    return max(COMM_BYTES * x.reduce_bucket, per * big if big > x.reduce_bucket else 0)
+    its bf16 gradient is first cast to fp32 (stage3.py:1920): 4 B x that parameter."""
+    s = x.student
+    layers, last, _ = reduce_fills(s, x.reduce_bucket)
+    fill, big = (layers, largest_layer_tensor(s)) if at == LAYERS else (last, s.embedding)
+    # a parameter larger than the bucket: its fp32 cast (bf16 only); reduce_scatter_coalesced
+    # of one tensor divisible by the world reduces that cast in place (coalesced_collectives.py
+    # ``tensors[0].view(-1)``: "avoid a memory allocation"), else it pads into a new buffer
+    alone = ((COMM_BYTES if x.dtype_bytes < 4 else 0) + (COMM_BYTES if big % x.world else 0)) * big
+    return max(COMM_BYTES * fill, alone if big > x.reduce_bucket else 0)
 
 
 def _update_terms(x: PlanInputs) -> list[Term]:
-    """Forward + backward of one micro-batch, as the largest of three moments of backward (the
+    """Forward + backward of one micro-batch, as the largest of four moments of backward (the
     terms of different moments are not alive together; bench/memory.json measures the max):
 
     * backward start: every kept activation, the LM-head chunk recomputed (fwd+bwd) and the
-      head's gradient (running sum + this chunk's);
+      head's running gradient sum (of the chunks done before);
+    * head gradient: a chunk's weight gradient (or the tied embedding's, at the end) added into
+      that sum out of place (the sum, it and the new sum: :func:`head_grad_bytes`), the chunk's
+      logits gradient in the weights' dtype;
     * layer reduces: the decoder layers' backward, last layer first; at its start nearly every
       activation is still alive, plus the head's summed gradient, one layer's recompute and MLP
       gradients, one layer's full gradient, and ZeRO's reduce of one bucket (or of a layer
@@ -335,29 +431,38 @@ def _update_terms(x: PlanInputs) -> list[Term]:
     s, db, T = x.student, x.dtype_bytes, x.micro_batch_tokens
     mb_knob = ("train.max_tokens_per_micro_batch",)
     act_knobs = mb_knob + (() if x.gradient_checkpointing else ("train.gradient_checkpointing",))
-    act_at = (START, LAYERS) + (() if s.tied else (LAST,))
+    act_at = (START, HEAD, LAYERS) + (() if s.tied else (LAST,))
     vh = db * s.embedding
+    many = -(-T // x.logits_chunk_tokens) > 1   # more than one LM-head chunk
+    per_logit = logits_bytes_per_element(db)
     out = [Term("activations (one micro-batch)", activation_bytes(x), act_knobs,
                 f"{T} tokens" + (", checkpointed" if x.gradient_checkpointing else ""), act_at),
-           # autograd's input buffer of the head's weight: while the head's chunks run, the
-           # running sum and one chunk's contribution (added into the sum, then freed) ...
-           Term("LM-head gradient (sum + chunk)", head_grad_bytes(x), (), "2 x vocab x hidden", (START,)),
-           # ... afterwards the sum alone, up to the hook (tied: after the embedding's
-           # backward), whose reduce reads it
-           Term("LM-head gradient (sum)", vh, (), "vocab x hidden", (LAYERS, LAST)),
+           # autograd's input buffer of the head's weight sums the chunks' contributions (and,
+           # tied, the embedding's): while a chunk's logits are worked on, the running sum of the
+           # chunks done (none at the first); when a chunk's weight gradient, or the tied
+           # embedding's, is added: the sum, it and the new sum (:func:`head_grad_bytes`);
+           # afterwards the sum alone, up to the hook (tied: after the embedding's backward),
+           # whose reduce reads it (measured 2026-12-05, case tiedhead: 208.9 MiB at the second
+           # chunk = the sum 64 + its logits 144)
+           Term("LM-head gradient", head_grad_bytes(x), (), "the running sum; 3x while a contribution is added",
+                {START: 1 / 3 if many else 0.0, HEAD: 1.0 if many or s.tied else 1 / 3, LAYERS: 1 / 3, LAST: 1 / 3}),
+           # a chunk recomputed (fwd+bwd) at the start; when its weight gradient is made only the
+           # logits' gradient in the weights' dtype is left
            Term("log-prob logits (fwd+bwd)", logits_bytes(x), ("train.logprob_chunk_tokens",),
-                f"{x.logits_chunk_tokens} positions x {s.vocab} vocab x {logits_bytes_per_element(db)} B",
-                (START,))]
-    # backward through one layer: the gradients of the SwiGLU's three intermediates (T x i each)
-    # and, with checkpointing, the layer's recomputed activations
+                f"{x.logits_chunk_tokens} positions x {s.vocab} vocab x {per_logit} B",
+                {START: 1.0, HEAD: db / per_logit})]
+    # backward through one layer: with checkpointing, the layer's recomputed activations, and the
+    # SwiGLU's backward: after down_proj's backward its input act(gate) * up (saved for
+    # down_proj's weight gradient) is freed while the gradient of that product and those of its
+    # two factors are alive: 2 x T x i more at the peak (measured 2026-12-05, ZeRO-3 case
+    # ``recompute``: 199.8 MiB over the layer's start against 135.8 MiB recompute + 64.0 MiB)
     recompute = T * s.act_bytes_per_token_layer(db) if x.gradient_checkpointing else 0
-    out.append(Term("one layer's backward", recompute + 3 * T * s.intermediate * db, mb_knob,
+    out.append(Term("one layer's backward", recompute + 2 * T * s.intermediate * db, mb_knob,
                     f"{T} tokens: " + ("recomputed activations + " if recompute else "") + "MLP gradients",
                     (LAYERS,)))
     if x.zero_stage >= 2:
         # autograd makes a parameter's full gradient before ZeRO's hook copies it into the bucket
         out.append(Term("one layer's full gradient", db * s.layer_params, (), "before the reduce hook", (LAYERS,)))
-    big_layer = largest_layer_tensor(s)
     if x.zero_stage == 2:
         # stage_1_and_2.py:3266 setup_buckets: allocated at the first gradient hook of a
         # backward (process_gradients), in the weights' dtype (``_gradient_reduction_buffer_dtype``:
@@ -365,20 +470,25 @@ def _update_terms(x: PlanInputs) -> list[Term]:
         out.append(Term("ZeRO-2 reduce bucket", x.dtype_bytes * x.reduce_bucket, (),
                         f"reduce_bucket_size {x.reduce_bucket:.3g} elements", (LAYERS, LAST)))
         # allreduce_bucket (stage_1_and_2.py:2367, :2377): ``self.flatten(bucket)`` copies the
-        # bucket (or a parameter larger than it, reduced alone) and ``.to(fp32)`` casts that
-        # copy for communication_data_type fp32; both are alive during the all-reduce
-        per = x.dtype_bytes + (4 if x.dtype_bytes < 4 else 0)
-        for name, big, at in (("ZeRO-2 reduce copy + fp32 cast (layers)", big_layer, LAYERS),
-                              ("ZeRO-2 reduce copy + fp32 cast (embedding)", s.embedding, LAST)):
-            n = zero2_reduce_elements(x, big)
-            out.append(Term(name, per * n, (), f"{n:.3g} elements x {per} B", (at,)))
+        # bucket's slices and ``.to(fp32)`` casts that copy for communication_data_type fp32;
+        # both are alive during the all-reduce (6 B in bf16).  A parameter larger than the bucket
+        # is all-reduced one partition's slice at a time (allreduce_and_scatter: a slice longer
+        # than the bucket goes alone), and ``flatten`` of one tensor is a view of it
+        # (torch/csrc/utils/tensor_flatten.h ``flatten_dense_tensors``: ``if (tensors.size() == 1)
+        # return flatten(tensors[0])``): only the fp32 cast is new (4 B; measured 2026-12-05)
+        cast = 4 if x.dtype_bytes < 4 else 0
+        by, notes = {}, []
+        for at, big in ((LAYERS, largest_layer_tensor(s)), (LAST, s.embedding)):
+            n = zero2_reduce_elements(x, at)
+            alone = big > x.reduce_bucket and n > reduce_fills(s, x.reduce_bucket)[0 if at == LAYERS else 1]
+            per = (cast or x.dtype_bytes) if alone else x.dtype_bytes + cast
+            by[at] = per * n
+            notes.append(f"{at}: {n:.3g} elements x {per} B" + (" (one slice, a view)" if alone else ""))
+        out.append(_by_moment("ZeRO-2 reduce copy + fp32 cast", by, "; ".join(notes)))
     if x.zero_stage == 3:
-        out.append(Term("ZeRO-3 reduce-scatter (layers)", zero3_reduce_bytes(x, big_layer), (),
-                        "fp32 flat buffer (and fp32 cast of a layer matrix larger than the bucket)", (LAYERS,)))
-        out.append(Term("ZeRO-3 reduce-scatter (embedding)", zero3_reduce_bytes(x, s.embedding), (),
-                        "fp32 flat buffer (and fp32 cast of the embedding if larger than the bucket)", (LAST,)))
-        out.append(Term("ZeRO-3 gathered parameters", zero3_gathered_bytes(x), (),
-                        "every parameter up to stage3_max_live_parameters (1e9)"))
+        out.append(_by_moment("ZeRO-3 reduce-scatter", {m: zero3_reduce_bytes(x, m) for m in (LAYERS, LAST)},
+                              "fp32 flat buffer of a bucket's fill, or the fp32 cast of a larger parameter"))
+        out += zero3_gathered_terms(x)
     return out
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pgopd import config as C
+from pgopd import memadvice as A
 from pgopd import memplan as M
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,28 +48,47 @@ def _hand(W: int, stage: int, rows_live: int, seq: int, micro: int, util: float)
     kv = rows_live * seq * KV_8B
     vllm = util * H100 * GIB
     kept = {}  # the rollout loop releases the teacher KV before the update (pgopd/rollout/loop.py)
-    # the update: resident terms, then the largest of three moments of backward (memterms._update_terms)
+    # the update: resident terms, then the largest of four moments of backward (memterms._update_terms)
     update = {**state, **grads, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB}
     act = micro * (28 * 2 * 2048 + 8 * 2048)  # layer inputs + final norm (checkpointed)
-    start = {"activations (one micro-batch)": act,
-             "LM-head gradient (sum + chunk)": 2 * 2 * V * 2048,
-             "log-prob logits (fwd+bwd)": 1024 * V * 16}          # 16 B per logit in bf16
-    layers = {"activations (one micro-batch)": act, "LM-head gradient (sum)": 2 * V * 2048,
-              "one layer's backward": micro * (ACT_17B + 3 * 6144 * 2),  # recompute + MLP gradients
+    # the tied head's gradient: the running sum while a chunk's logits are worked on (16 B per
+    # logit in bf16); sum + a contribution + their new sum while it is added (the chunk's logits
+    # gradient in bf16 then); the sum after
+    start = {"activations (one micro-batch)": act, "LM-head gradient": 2 * V * 2048,
+             "log-prob logits (fwd+bwd)": 1024 * V * 16}
+    head = {"activations (one micro-batch)": act, "LM-head gradient": 3 * 2 * V * 2048,
+            "log-prob logits (fwd+bwd)": 1024 * V * 2}
+    layers = {"activations (one micro-batch)": act, "LM-head gradient": 2 * V * 2048,
+              # recompute + the SwiGLU backward's two T x i gradients beyond its freed product
+              "one layer's backward": micro * (ACT_17B + 2 * 6144 * 2),
               "one layer's full gradient": 2 * LAYER_17B}
-    last = {"LM-head gradient (sum)": 2 * V * 2048}
-    if stage == 2:  # a full bucket (5e8 > the 311M-element embedding and every layer matrix)
+    last = {"LM-head gradient": 2 * V * 2048}
+    # the 5e8-element bucket in backward order: 9 layers (453M) + the 10th's post/input norms,
+    # down, up, gate, q/k norms, o, v, k (46.94M - 0.79M left): its fill at a reduce is
+    # 5e8 - 786,176; after the 28th layer the remaining 411M are reduced when the 311M-element
+    # embedding arrives, which the epilogue then reduces alone (it fits the bucket)
+    fill, emb = 5e8 - 786_176, V * 2048
+    if stage == 2:
         for m in (layers, last):
             m["ZeRO-2 reduce bucket"] = 2 * 5e8
-        layers["ZeRO-2 reduce copy + fp32 cast (layers)"] = (2 + 4) * 5e8  # bf16 flatten + fp32 cast
-        last["ZeRO-2 reduce copy + fp32 cast (embedding)"] = (2 + 4) * 5e8
-    else:  # DeepSpeed's stage3_max_live_parameters: 1e9 elements stay gathered
-        for m in (start, layers, last):
-            m["ZeRO-3 gathered parameters"] = 2 * 1e9
-        layers["ZeRO-3 reduce-scatter (layers)"] = 4 * 5e8  # fp32 flat buffer of one bucket
-        last["ZeRO-3 reduce-scatter (embedding)"] = 4 * 5e8
-    peak = max(sum(m.values()) for m in (start, layers, last))
-    update = {**update, **start, **layers, **last, "= peak": peak}
+        layers["ZeRO-2 reduce copy + fp32 cast"] = (2 + 4) * fill  # bf16 flatten + fp32 cast
+        last["ZeRO-2 reduce copy + fp32 cast"] = (2 + 4) * emb
+    else:  # DeepSpeed's stage3_max_live_parameters: 1e9 elements stay gathered; at the first
+        # reduce the 9 layers reduced are released (the prefetch keeps up to 1e9 gathered: the
+        # remaining 1.26B non-persistent elements exceed it), at the last the embedding alone
+        start["ZeRO-3 gathered parameters"] = head["ZeRO-3 gathered parameters"] = 2 * 1e9
+        layers["ZeRO-3 gathered parameters"] = 2 * min(1e9, P_17B - 9 * (LAYER_17B - 2 * 2048 - 2 * 128) - 28 * 4352
+                                                     - 2048)
+        last["ZeRO-3 gathered parameters"] = 2 * emb
+        layers["ZeRO-3 reduce-scatter"] = 4 * fill   # fp32 flat buffer of one bucket's fill
+        last["ZeRO-3 reduce-scatter"] = 4 * emb
+    peak = max(sum(m.values()) for m in (start, head, layers, last))
+    by_moment = {n: max(m.get(n, 0) for m in (start, head, layers, last)) for n in {**start, **head, **layers, **last}}
+    resident = sum(update.values())
+    update = {**update, **by_moment, "= peak": peak,
+              "= moments": {m: resident + sum(v.values()) for m, v in
+                            (("backward start", start), ("head gradient", head), ("layer reduces", layers),
+                             ("last reduce", last))}}
     if stage == 2:  # the fp32 partition is stepped on as is; the norm's fp64 copy of the
         # embedding's slice (311M elements > the partition, P / 8) beats AdamW's 4 B x P / 8
         step = {"fp64 gradient-norm copy": 8 * P_17B / W}
@@ -77,15 +97,17 @@ def _hand(W: int, stage: int, rows_live: int, seq: int, micro: int, util: float)
     sync = {**state, **kept, "vLLM reservation": vllm}
     if stage == 3:
         sync.update({"ZeRO-3 gathered weights (all)": 2 * P_17B, "weight clones for vLLM": 2 * P_17B})
+    # scoring: a teacher layer runs (KV growth, GQA expansion, MLP), then its LM head (logits)
+    t_layer = {"teacher KV growth (torch.cat)": kv / 36,
+               "teacher GQA K/V expanded": 2 * rows_live * seq * 32 * 128 * 2,
+               "teacher layer transient": 3 * rows_live * 1024 * 12288 * 2}  # the prompt's prefill
+    # 1,024 positions a chunk: fp32 logits + logsumexp's fp32 temporary (8 B; the previous
+    # chunk's are freed first, pgopd.logprobs.teacher_pieces)
+    t_head = {"teacher logits": 1024 * V * 8}
     return {
         "rollout": {**state, "teacher weights": 2 * P_8B, "vLLM reservation": vllm, "teacher KV (live rows)": kv},
         "scoring": {**state, "teacher weights": 2 * P_8B, "vLLM reservation": vllm, "teacher KV (live rows)": kv,
-                    "teacher KV growth (torch.cat)": kv / 36,
-                    "teacher GQA K/V expanded": 2 * rows_live * seq * 32 * 128 * 2,
-                    "teacher layer transient": 3 * rows_live * 1024 * 12288 * 2,  # the prompt's prefill
-                    # 16 rows x 256 positions > 1,024 a chunk: the previous chunk's fp32 logits are
-                    # held while the next chunk's bf16 output and fp32 copy are made (10 B)
-                    "teacher logits": 1024 * V * 10},
+                    **t_layer, **t_head, "= peak": max(sum(t_layer.values()), sum(t_head.values()))},
         "update": update,
         "step": {**state, **grads, **kept, "vLLM asleep (buffers, graphs)": 1 * GIB, **step},
         "sync": sync,
@@ -96,7 +118,9 @@ def _agree(plan: M.Plan, hand: dict) -> None:
     assert [p.name for p in plan.phases] == ["rollout", "scoring", "update", "step", "sync"]
     for p in plan.phases:
         got = {t.name: t.bytes for t in p.terms}
-        want = {k: v for k, v in hand[p.name].items() if k != "= peak"}
+        want = {k: v for k, v in hand[p.name].items() if not k.startswith("= ")}
+        for m, b in hand[p.name].get("= moments", {}).items():   # the update: each moment
+            assert p.moments()[m] == pytest.approx(b, rel=0.05), (m, p.moments()[m] / GIB, b / GIB)
         assert set(got) == set(want), (p.name, set(got) ^ set(want))
         for name, b in want.items():
             assert got[name] == pytest.approx(b, rel=0.05), (p.name, name, got[name] / GIB, b / GIB)
@@ -104,7 +128,9 @@ def _agree(plan: M.Plan, hand: dict) -> None:
         total = (sum(hand[p.name][k] for k in hand[p.name] if k in ("student weights", "optimizer states",
                                                                   "runtime reserve", "student gradients",
                                                                   "ZeRO-3 reduce bucket",
-                                                                  "vLLM asleep (buffers, graphs)"))
+                                                                  "vLLM asleep (buffers, graphs)",
+                                                                  "teacher weights", "vLLM reservation",
+                                                                  "teacher KV (live rows)"))
                  + hand[p.name]["= peak"]) if moments else sum(want.values())
         assert p.bytes == pytest.approx(total, rel=0.05)
 
@@ -211,6 +237,57 @@ def test_32b_teacher_on_80gb_names_no_impossible_knob():
     scoring = next(x for x in lines if "phase scoring" in x)
     assert "any one of these fits" not in scoring, scoring
     assert 2 * P_32B / GIB > 61
+
+
+def _raw_32b(gpu_mem_gb=None):
+    raw = paper_raw()
+    raw["pairs"] = {"qwen3_32b_to_1_7b": {"teacher": "Qwen/Qwen3-32B", "student": "Qwen/Qwen3-1.7B"}}
+    if gpu_mem_gb is not None:
+        raw["resources"]["train"]["gpu_mem_gb"] = gpu_mem_gb
+    return raw
+
+
+def _says_minimum_and_structure(line: str, teacher_gib: float) -> float:
+    least = float(re.search(r"(?:still needs|the minimum is) ([\d.]+) GiB", line).group(1))
+    assert least > teacher_gib, line   # the minimum holds at least the teacher's weights
+    assert "structural options: a larger GPU: resources.train.gpu_model: " in line, line
+    assert "the teacher on its own GPUs or served remotely" in line, line
+    assert "tensor parallelism for the teacher" in line, line
+    return least
+
+
+def test_32b_teacher_on_80gb_says_the_minimum_and_the_structural_options():
+    lines = _over(_raw_32b())   # H100-80: 79.6 GiB
+    assert any("phase scoring" in x for x in lines), lines
+    for line in lines:
+        least = _says_minimum_and_structure(line, 2 * P_32B / GIB)
+        if "no knob fits" in line:   # then it names no knob as a fix
+            assert not _named_knobs(line) and "together" not in line, line
+            assert least > 79.6, line
+        # the larger GPU it names fits this phase with headroom (not another marginal fit)
+        name = re.search(r"gpu_model: (\S+) \(", line).group(1)
+        gib = float(re.search(r"this phase then needs ([\d.]+) GiB", line).group(1))
+        assert gib <= (1 - A.MARGINAL) * M.GPU_MODELS[name], line
+
+
+@pytest.mark.parametrize("gpu_mem_gb, why", [(82, "a marginal fit"), (90, "the teacher's weights alone take 61.0")])
+def test_a_fit_by_every_knob_together_that_is_marginal_or_teacher_bound_also_gives_minimum_and_structure(
+        gpu_mem_gb, why):
+    lines = _over(_raw_32b(gpu_mem_gb))
+    assert lines
+    for line in lines:
+        assert "no single knob fits; together: " in line and why in line, line
+        least = _says_minimum_and_structure(line, 2 * P_32B / GIB)
+        assert least <= gpu_mem_gb, line
+        together = re.findall(r"(train\.[a-z_.]+): ([\w.]+)[,( ]", line.split("together: ")[1].split(" (")[0] + " ")
+        assert together, line
+        train = dict(paper_raw()["train"])
+        raw = _raw_32b(gpu_mem_gb) | {"train": train}
+        for knob, value in together:   # the knobs it names, together, really fit the phase
+            raw = _set(raw, knob, value)
+        phase = re.match(r"pair \S+: phase (\S+) needs", line).group(1)
+        fixed = _plan(raw, "qwen3_32b_to_1_7b")
+        assert fixed.phase(phase).bytes <= fixed.budget_bytes, line
 
 
 def test_gpu_model_choices_and_help_follow_the_table():
