@@ -230,6 +230,8 @@ class ControlsConfig:
                         "random_prune-<ref> (and its ablations, see `ablations`)")
     ablations: bool = opt(False, "with enabled: also train each reference's parts alone (pgopd: continue_all, "
                           "reweight_only; pruneopd: pruneopd_{drift,window,reweight}_only)")
+    first_seed_only: bool = opt(True, "the methods these keys add run on the first of `seeds` only (false: "
+                                "on every seed; a control named in train.methods always runs on every seed)")
     fixed_truncation_len: Optional[int] = opt(None, "length for fixed_truncation (null: matched to "
                                               "the reference run's mean generated tokens)", min=1)
     random_continue_rate: Optional[float] = opt(None, "continue rate for random_prune (null: matched "
@@ -351,7 +353,7 @@ class TrainResources(RuleResources):
 class ResourcesConfig:
     """Per-rule resources; cluster-specific values (partition, account) live in the profile."""
     prepare_data: RuleResources = sub(RuleResources, "prepare_data jobs")
-    build_toy_models: RuleResources = opt(RuleResources(cpus_per_task=1), "build_toy_models jobs (one per role; 1 thread each: the two builds run side by side on 2 cores)")
+    build_toy_models: RuleResources = opt(RuleResources(cpus_per_task=2), "build_toy_models jobs (one per role)")
     cache_teacher: RuleResources = sub(RuleResources, "cache_teacher jobs")
     train: TrainResources = sub(TrainResources, "train jobs")
     evaluate: RuleResources = sub(RuleResources, "evaluate jobs")

@@ -187,6 +187,15 @@ def train_methods(cfg: Config) -> list[str]:
     return methods
 
 
+def run_seeds(cfg: Config, method: str) -> list:
+    """Training seeds of ``method``: every seed, except for the methods ``train.controls`` adds,
+    which run on the first seed only with ``controls.first_seed_only`` (their Δ vs OPD is then
+    paired on that seed, its CI over problems)."""
+    if cfg.train.controls.first_seed_only and method not in cfg.train.methods:
+        return list(cfg.seeds[:1])
+    return list(cfg.seeds)
+
+
 def reference_method(cfg: Config, method: str) -> Optional[str]:
     """The run a matched control copies its length / rate from (None for other methods)."""
     return C.split_control(method)[1]
@@ -203,7 +212,7 @@ def train_dir(pair: str, method: str, seed) -> str:
 
 def train_summaries(cfg: Config) -> list[str]:
     return [f"{train_dir(p, m, s)}/summary.json"
-            for p in cfg.pairs for m in train_methods(cfg) for s in cfg.seeds]
+            for p in cfg.pairs for m in train_methods(cfg) for s in run_seeds(cfg, m)]
 
 
 # ----------------------------------------------------------------------------- rule inputs
@@ -291,7 +300,7 @@ def eval_targets(cfg: Config) -> list[str]:
     out = []
     for pair in cfg.pairs:
         runs = [(m, "base") for m in BASE_MODELS]
-        runs += [(m, f"seed{s}") for m in train_methods(cfg) for s in cfg.seeds]
+        runs += [(m, f"seed{s}") for m in train_methods(cfg) for s in run_seeds(cfg, m)]
         for method, tag in runs:
             for bench in bench_names(cfg):
                 out.append(f"results/eval/{pair}/{method}/{tag}/{bench}.json")
@@ -372,7 +381,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- report inputs
 def train_run_files(cfg: Config, name: str) -> list[str]:
     """``name`` (metrics.jsonl, candidates.jsonl, ...) of every train run, as the report reads them."""
-    return [f"{train_dir(p, m, s)}/{name}" for p in cfg.pairs for m in train_methods(cfg) for s in cfg.seeds]
+    return [f"{train_dir(p, m, s)}/{name}" for p in cfg.pairs for m in train_methods(cfg) for s in run_seeds(cfg, m)]
 
 
 def report_hparams(cfg: Config) -> dict:

@@ -13,7 +13,7 @@ def test_partial_override_keeps_the_fields_own_default():
                                                                 default.n_heads, default.lr)
     assert (default.n_layers, default.d_model) != (4, 128)
     res = parse({"resources": {"build_toy_models": {"mem_mb": 999}}}).resources.build_toy_models
-    assert res.mem_mb == 999 and res.cpus_per_task == parse({}).resources.build_toy_models.cpus_per_task == 1
+    assert res.mem_mb == 999 and res.cpus_per_task == parse({}).resources.build_toy_models.cpus_per_task == 2
 
 
 def test_error_names_the_nested_key():

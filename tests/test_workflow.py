@@ -92,9 +92,18 @@ def test_train_methods_and_targets():
     assert W.train_methods(cfg) == list(C.METHODS) + ["continue_all", "reweight_only", "fixed_truncation-pgopd",
                                                       "random_prune-pgopd"]
     targets = W.eval_targets(cfg)
+    # the 4 added methods run on the first seed only (controls.first_seed_only)
+    assert len(targets) == len(set(targets)) == (2 + 3 * 2 + 4) * 3
+    assert "results/eval/toy/random_prune-pgopd/seed0/hard.json" in targets
+    assert "results/eval/toy/random_prune-pgopd/seed1/hard.json" not in targets
+    assert W.run_seeds(cfg, "opd") == [0, 1] and W.run_seeds(cfg, "continue_all") == [0]
+    every = W.load_config({"seeds": [0, 1], "train": {"controls": {"enabled": True, "ablations": True,
+                                                                    "references": ["pgopd"], "first_seed_only": False}}})
+    targets = W.eval_targets(every)
     assert len(targets) == len(set(targets)) == (2 + 7 * 2) * 3
     assert "results/eval/toy/teacher/base/easy.json" in targets
     assert "results/eval/toy/random_prune-pgopd/seed1/hard.json" in targets
+    assert len(W.train_summaries(every)) == 14 and len(W.train_summaries(cfg)) == 10
     assert W.targets(cfg) == ["results/tables/main.csv", "results/tables/main.md"]
     assert W.eval_model(cfg, "toy", "student", "base") == "results/models/toy/student"
     assert W.eval_model(cfg, "toy", "opd", "seed1") == "results/train/toy/opd/seed1/checkpoint"
@@ -172,9 +181,9 @@ def test_dry_run_default_lists_the_expected_jobs(wf):
     r = _snakemake(wf, "-p")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    # 3 methods + 4 matched controls (fixed_truncation / random_prune per reference) x 2 seeds
+    # 3 methods x 2 seeds + 4 matched controls (fixed_truncation / random_prune per reference) on seed 0
     assert job_counts(out) == {"prepare_data": 1, "build_toy_models": 2, "cache_teacher": 1,
-                                "train": 14, "evaluate": 16, "report": 1, "all": 1, "total": 36}
+                                "train": 10, "evaluate": 12, "report": 1, "all": 1, "total": 28}
     assert "pgopd train --params '{" in out and "--method pgopd --seed 0" in out
     assert "--teacher-cache results/teacher/toy" in out
     assert "> results/logs/evaluate/toy/opd/seed0.log 2>&1" in out
@@ -184,7 +193,7 @@ def test_dry_run_default_lists_the_expected_jobs(wf):
 def test_dry_run_configfile_replaces_default_and_controls(wf, tmp_path):
     cf = tmp_path / "c.yaml"
     cf.write_text(yaml.safe_dump({"pairs": {"qwen": {"teacher": "Qwen/Qwen3-8B", "student": "toy"}},
-                                  "seeds": [0, 1], "train": {"controls": {"enabled": True}}}))
+                                  "seeds": [0, 1], "train": {"controls": {"enabled": True, "first_seed_only": False}}}))
     r = _snakemake(wf, "-p", "--configfile", str(cf))
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
