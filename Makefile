@@ -7,7 +7,7 @@ CORES  ?= 2
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install pipeline test bench bench-memory clean-results
+.PHONY: install pipeline test bench bench-memory bench-robustness clean-results
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(STAMP)
 bench-memory: $(STAMP)
 	PYTHONPATH=. nice -n 10 $(PY) bench/memory.py --out bench/memory.json
 	PYTHONPATH=. nice -n 10 $(PY) bench/memory_sweep.py --out bench/memory_sweep.json
+
+# the default DAG once per toy-model build (teacher seed s, student seed s+1; threads), each in
+# /tmp/pgopd-robust/<build>/ (~12-20 min per build on 2 cores): bench/robustness.json
+bench-robustness: $(STAMP)
+	$(PY) bench/robustness.py --builds 0:1 1:1 2:1 0:2 --out bench/robustness.json
 
 clean-results:
 	rm -rf results .snakemake
