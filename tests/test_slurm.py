@@ -45,7 +45,7 @@ TOY = {
                                "seed": 1, "loop_len": 64}},
     "teacher_cache": {"batch_size": 64},
     "train": {"methods": ["opd"], "steps": 4, "max_new_tokens": 32, "prompts_per_step": 4, "n_samples": 2,
-              "save_every": 1},
+              "save_every": 1, "controls": {"enabled": False}},
     "eval": {"k": 2, "batch_size": 64},
 }
 TWO_NODES = {"resources": {"train": {"nodes": 2}}}
