@@ -30,6 +30,20 @@ def _matched(explicit, reference: dict | None, ref_key: str, cfg_key: str, metho
                      f"with '{ref_key}' (missing: {cfg_key} / reference['{ref_key}'])")
 
 
+def reference_kept_key(reference: dict | None) -> str:
+    """The reference summary's field a fixed cut is matched to: ``mean_kept_tokens`` (trained
+    tokens per candidate: what the reference kept), or ``mean_generated_tokens`` in summaries
+    written before ``mean_kept_tokens`` existed."""
+    if reference is not None and reference.get("mean_kept_tokens") is not None:
+        return "mean_kept_tokens"
+    return "mean_generated_tokens"
+
+
+def fixed_cut_length(length) -> int:
+    """A fixed cut at ``length`` tokens: rounded half-up; at least one token is always generated."""
+    return max(1, round_half_up(float(length)))
+
+
 def make_policy(method: str, cfg: TrainConfig, seed: int = 0, reference: dict | None = None) -> Policy:
     """The allocation policy of ``method`` (one of ``pgopd.config.ALL_METHODS``).
 
@@ -52,13 +66,9 @@ def make_policy(method: str, cfg: TrainConfig, seed: int = 0, reference: dict | 
     if method == "reweight_only":
         return ReweightOnlyPolicy(cfg.pgopd)
     if base == "fixed_truncation":
-        if reference is not None and reference.get("mean_kept_tokens") is not None:
-            key = "mean_kept_tokens"  # trained tokens per candidate: what the reference kept
-        else:
-            key = "mean_generated_tokens"  # summaries written before mean_kept_tokens existed
-        length = _matched(cfg.controls.fixed_truncation_len, reference, key, "fixed_truncation_len", method)
-        # The reference mean is rounded half-up; at least one token is always generated.
-        return FixedTruncationPolicy(max(1, round_half_up(float(length))), cfg.max_new_tokens)
+        length = _matched(cfg.controls.fixed_truncation_len, reference, reference_kept_key(reference),
+                          "fixed_truncation_len", method)
+        return FixedTruncationPolicy(fixed_cut_length(length), cfg.max_new_tokens)
     if base == "random_prune" and ref == "pruneopd":
         return _random_cut(cfg, reference, seed, method)
     if base == "random_prune":

@@ -11,8 +11,8 @@ samples on the training prompts, the only correct long-form solutions the workfl
   ``all``): the number of correct samples and their response length in tokens (EOS included,
   as the rollout counts it): mean, p10 / p50 / p90, max;
 * per reference run: the cut L each seed's matched control uses (its summary's
-  ``fixed_truncation_len``; without that run, ``round_half_up(mean_kept_tokens)`` of the
-  reference, the same rule as :func:`pgopd.policies.make_policy`), and the share of correct
+  ``fixed_truncation_len``; without that run, the reference's mean kept tokens through
+  :func:`pgopd.policies.fixed_cut_length`, as the control would), and the share of correct
   solutions longer than L (a sample ending exactly at L is complete), averaged over seeds.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..config import REFERENCES
-from ..policies.common import round_half_up
+from ..policies import fixed_cut_length, reference_kept_key
 from .common import label, md_table, read_jsonl
 
 ALL = "all"
@@ -51,8 +51,8 @@ def cut_lengths(trains: dict, pair: str) -> dict[str, dict[int, int]]:
     for ref in REFERENCES:
         ls = {}
         for (p, m, s), d in trains.items():
-            if p == pair and m == ref and d.get("mean_kept_tokens") is not None:
-                ls[s] = max(1, round_half_up(float(d["mean_kept_tokens"])))
+            if p == pair and m == ref and d.get(reference_kept_key(d)) is not None:
+                ls[s] = fixed_cut_length(d[reference_kept_key(d)])
         for (p, m, s), d in trains.items():
             if p == pair and m == f"fixed_truncation-{ref}" and d.get("fixed_truncation_len") is not None:
                 ls[s] = int(d["fixed_truncation_len"])  # what the control really used
