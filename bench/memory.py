@@ -230,7 +230,7 @@ def cpu_only_terms(x, stage: int) -> dict:
     scratch during ZeRO's reduces of the update, and the reduce bucket's pages that are never
     written (on CPU only touched pages count: ``torch.empty`` of the bucket, filled up to the
     largest fill of :func:`pgopd.memterms.reduce_fills`; a GPU allocates it whole)."""
-    from pgopd.memterms import COMM_BYTES, LAST, LAYERS, Term, reduce_fills, zero2_reduce_elements
+    from pgopd.memterms import COMM_BYTES, LAST, LAYERS, Term, reduce_at, reduce_fills, zero2_reduce_elements
 
     out = {"update": [], "state": []}
     for at in (LAYERS, LAST):
@@ -239,10 +239,8 @@ def cpu_only_terms(x, stage: int) -> dict:
             out["update"].append(Term(f"{CPU_ONLY}gloo all-reduce scratch ({at})", min(n / 2, GLOO_SEGMENT),
                                       moments=(at,)))
         elif stage == 3:  # reduce_scatter_tensor of the fp32 flat buffer (a bucket's fill, or a larger parameter)
-            layers, last, _ = reduce_fills(x.student, x.reduce_bucket)
-            big = (max(x.student.hidden * x.student.intermediate, x.student.hidden * x.student.q_dim) if at == LAYERS
-                   else x.student.embedding)
-            n = COMM_BYTES * (big if big > x.reduce_bucket else (layers if at == LAYERS else last))
+            fill, big = reduce_at(x, at)
+            n = COMM_BYTES * (big if big > x.reduce_bucket else fill)
             out["update"].append(Term(f"{CPU_ONLY}gloo reduce-scatter copy + scratch ({at})",
                                       n + min(n / 2, GLOO_SEGMENT), moments=(at,)))
     if stage == 3:  # the forward's prefetch gathers up to stage3_prefetch_bucket_size (5e7) elements

@@ -174,8 +174,9 @@ def advice(x: PlanInputs, phase: str) -> str:
         msg = ("no single knob fits; together: " + ", ".join(_together(x, phase))
                + f" ({need / GIB:.1f} GiB with every knob at its best value)")
         headroom = x.budget_gib * GIB - need
-        if headroom < MARGINAL * x.budget_gib * GIB or teacher_dominates(x):
-            why = (f"a marginal fit, {headroom / GIB:.1f} GiB to spare" if headroom < MARGINAL * x.budget_gib * GIB
+        marginal = headroom < MARGINAL * x.budget_gib * GIB
+        if marginal or teacher_dominates(x):
+            why = (f"a marginal fit, {headroom / GIB:.1f} GiB to spare" if marginal
                    else f"the teacher's weights alone take {x.teacher_dtype_bytes * x.teacher.params / GIB:.1f} "
                         f"of {x.budget_gib:.1f} GiB")
             msg += (f"; {why}: the minimum is {need / GIB:.1f} GiB ({_largest(best, phase)})"

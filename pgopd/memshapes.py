@@ -99,8 +99,7 @@ class Shape:
 
     @property
     def layer_params(self) -> int:
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        return h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h + (2 * self.head_dim if self.qk_norm else 0)
+        return sum(self.layer_tensor_sizes())
 
     def layer_tensor_sizes(self) -> list[int]:
         """Elements of each parameter tensor of one decoder layer, in registration order (q, k,
@@ -118,7 +117,7 @@ class Shape:
 
     @property
     def params(self) -> int:
-        return self.embedding * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden
+        return sum(self.tensor_sizes())
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """K and V of every layer for one token."""

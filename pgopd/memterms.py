@@ -358,7 +358,7 @@ START, HEAD, LAYERS, LAST = "backward start", "head gradient", "layer reduces", 
 
 def largest_layer_tensor(s: Shape) -> int:
     """Elements of the largest parameter inside a decoder layer (an MLP or attention matrix)."""
-    return max(s.hidden * s.intermediate, s.hidden * s.q_dim)
+    return max(s.layer_tensor_sizes())
 
 
 def reduce_fills(s: Shape, bucket: int) -> tuple[int, int, int]:
@@ -383,15 +383,22 @@ def reduce_fills(s: Shape, bucket: int) -> tuple[int, int, int]:
     return max(fills, default=0), fill, max(fills + [fill])
 
 
+def reduce_at(x: PlanInputs, at: str) -> tuple[int, int]:
+    """(the bucket's fill :func:`reduce_fills` gives for moment ``at``, the largest parameter
+    reduced then): during the layers (LAYERS) a layer matrix, at the end of backward (LAST) the
+    embedding."""
+    s = x.student
+    layers, last, _ = reduce_fills(s, x.reduce_bucket)
+    return (layers, largest_layer_tensor(s)) if at == LAYERS else (last, s.embedding)
+
+
 def zero2_reduce_elements(x: PlanInputs, at: str) -> float:
     """Elements ZeRO-2 reduces at once during the layers (``at`` = LAYERS) or at the end of
     backward (LAST): a bucket's fill (:func:`reduce_fills`), or a parameter larger than the
     bucket (reduced on its own; stage_1_and_2.py:1447 ``extra_large_param_to_reduce``, its
     slices reduced one destination partition at a time, so at most one partition's worth)."""
-    s = x.student
-    layers, last, _ = reduce_fills(s, x.reduce_bucket)
-    fill, big = (layers, largest_layer_tensor(s)) if at == LAYERS else (last, s.embedding)
-    return max(fill, min(big, -(-s.params // x.world)) if big > x.reduce_bucket else 0)
+    fill, big = reduce_at(x, at)
+    return max(fill, min(big, -(-x.student.params // x.world)) if big > x.reduce_bucket else 0)
 
 
 def zero3_reduce_bytes(x: PlanInputs, at: str) -> float:
@@ -400,9 +407,7 @@ def zero3_reduce_bytes(x: PlanInputs, at: str) -> float:
     flattens the gradients into one fp32 buffer (4 B x the bucket's fill, :func:`reduce_fills`);
     a parameter larger than the bucket is not copied into the fp32 bucket (stage3.py:1626), so
     its bf16 gradient is first cast to fp32 (stage3.py:1920): 4 B x that parameter."""
-    s = x.student
-    layers, last, _ = reduce_fills(s, x.reduce_bucket)
-    fill, big = (layers, largest_layer_tensor(s)) if at == LAYERS else (last, s.embedding)
+    fill, big = reduce_at(x, at)
     # a parameter larger than the bucket: its fp32 cast (bf16 only); reduce_scatter_coalesced
     # of one tensor divisible by the world reduces that cast in place (coalesced_collectives.py
     # ``tensors[0].view(-1)``: "avoid a memory allocation"), else it pads into a new buffer
@@ -432,7 +437,6 @@ def _update_terms(x: PlanInputs) -> list[Term]:
     mb_knob = ("train.max_tokens_per_micro_batch",)
     act_knobs = mb_knob + (() if x.gradient_checkpointing else ("train.gradient_checkpointing",))
     act_at = (START, HEAD, LAYERS) + (() if s.tied else (LAST,))
-    vh = db * s.embedding
     many = -(-T // x.logits_chunk_tokens) > 1   # more than one LM-head chunk
     per_logit = logits_bytes_per_element(db)
     out = [Term("activations (one micro-batch)", activation_bytes(x), act_knobs,
@@ -478,9 +482,10 @@ def _update_terms(x: PlanInputs) -> list[Term]:
         # return flatten(tensors[0])``): only the fp32 cast is new (4 B; measured 2026-12-05)
         cast = 4 if x.dtype_bytes < 4 else 0
         by, notes = {}, []
-        for at, big in ((LAYERS, largest_layer_tensor(s)), (LAST, s.embedding)):
+        for at in (LAYERS, LAST):
+            fill, big = reduce_at(x, at)
             n = zero2_reduce_elements(x, at)
-            alone = big > x.reduce_bucket and n > reduce_fills(s, x.reduce_bucket)[0 if at == LAYERS else 1]
+            alone = big > x.reduce_bucket and n > fill
             per = (cast or x.dtype_bytes) if alone else x.dtype_bytes + cast
             by[at] = per * n
             notes.append(f"{at}: {n:.3g} elements x {per} B" + (" (one slice, a view)" if alone else ""))
