@@ -155,8 +155,8 @@ def evaluate_one(cfg: EvalConfig, model, tok, model_name: str, bench_jsonl: Path
 
                 engine = VLLMEngine(model_name, max_logprobs=20, enforce_eager=cfg.vllm_enforce_eager)
             # the whole block is generated even if part of it is done: its samples depend only on start
-            samples = generate_with(cfg.backend, engine or model_name, model, [prompt_ids[p] for p in idx], eos_id=tok.eos_token_id,
-                                    pad_id=tok.pad_token_id, n=k, temperature=cfg.temperature,
+            samples = generate_with(cfg.backend, engine or model_name, model, [prompt_ids[p] for p in idx],
+                                    eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, n=k, temperature=cfg.temperature,
                                     top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + start,
                                     batch_size=cfg.batch_size, desc=f"eval {bench_jsonl.stem} @{start}")
             samples = [s for s in samples if idx[s["prompt_idx"]] not in done]

@@ -161,8 +161,6 @@ def teacher_cache_dir(slug: str) -> str:
 
 def report_teacher_samples(cfg: Config) -> str:
     """``--teacher-samples`` of the report: PAIR=<its teacher cache>/samples.jsonl, shell-quoted."""
-    import shlex
-
     return " ".join(shlex.quote(f"{p}={teacher_cache_dir(pair_teacher_slug(cfg, p))}/samples.jsonl")
                     for p in cfg.pairs)
 

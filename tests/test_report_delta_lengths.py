@@ -11,24 +11,13 @@ import pytest
 from pgopd.report import delta as D
 from pgopd.report import lengths as L
 from pgopd.report.build import report
-from pgopd.report.table import compute_table, load_evals, load_train
-
-
-def _write(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-    return path
+from pgopd.report.table import compute_table, load_evals
+from test_report import _write, _write_jsonl, fabricate_runs
 
 
 def _evals(root: Path, runs: dict) -> list[Path]:
-    """runs: (method, tag) -> bench -> per-problem fractions."""
-    out = []
-    for (method, tag), by_bench in runs.items():
-        for bench, fr in by_bench.items():
-            out.append(_write(root / f"eval/p/{method}/{tag}/{bench}.json",
-                              {"accuracy": sum(fr) / len(fr), "k": 2, "n_problems": len(fr), "bench": bench,
-                               "per_problem": {f"{bench}-{i}": v for i, v in enumerate(fr)}}))
-    return out
+    """runs: (method, tag) -> bench -> per-problem fractions (pair ``p``)."""
+    return fabricate_runs(root, per_problem=runs, cost={})[0]
 
 
 RUNS = {("opd", "seed0"): {"easy": [1.0, 0.5, 0.5, 0.0], "hard": [0.5, 0.5, 0.0, 0.0]},
@@ -69,9 +58,7 @@ def test_delta_uses_only_seeds_both_runs_have(tmp_path):
 
 
 def _samples(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"id": i, "tokens": [7] * n, "correct": ok}) + "\n" for i, n, ok in rows))
-    return path
+    return _write_jsonl(path, [{"id": i, "tokens": [7] * n, "correct": ok} for i, n, ok in rows])
 
 
 def test_solution_lengths_per_level_and_the_truncated_share():

@@ -15,7 +15,7 @@ from . import lengths as L
 from . import noise as N
 from . import stats as S
 from . import tail as TL
-from .common import csv_text, write_atomic
+from .common import csv_text, read_jsonl, write_atomic
 from .table import (Table, compute_table, html_page, load_evals, load_train, render_html_table, render_markdown,
                     write_tables)
 
@@ -49,8 +49,6 @@ def report(eval_jsons: list[Path], train_jsons: list[Path], out_dir: Path, *, me
     deltas = D.delta_rows(t, evals, n_boot=n_boot, seed=seed)
     len_rows = []
     if teacher_samples and train_data is not None:
-        from .common import read_jsonl
-
         len_rows = L.length_rows(teacher_samples, read_jsonl(Path(train_data), ["id", "ops"]), trains)
     extra = TL.render_markdown(tail_rows, TL.summary(cands)) + "\n" + K.render_markdown(costs, stops, controls)
     write_tables(t, out_dir, hparams, trains)
