@@ -112,3 +112,32 @@ def test_prepare_data_long_task(tmp_path):
         for r in read_jsonl(path):
             assert r["task"] == "long"
             _replay_long(r["solution"], r["prompt"])
+
+
+def test_graded_config_prepares_and_its_solutions_grow_4x_with_difficulty(tmp_path):
+    """config/graded.yaml (the length-graded testbed) loads, its data prepares (no benchmark
+    asks for problems the training set used up), and the mean correct-solution length of its
+    hardest training problems is >= 4x that of its easiest, as docs/testbed.md states."""
+    import statistics
+    from pathlib import Path
+
+    import yaml
+
+    from pgopd import workflow as W
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/graded.yaml").read_text())
+    cfg = W.load_config(raw)
+    prepare_data(cfg.data, tmp_path)
+    train = read_jsonl(tmp_path / "train.jsonl")
+    by_ops = {}
+    for r in train:
+        by_ops.setdefault(r["ops"], []).append(len(r["solution"]) + 1)     # char tokens + EOS
+    lo, hi = min(by_ops), max(by_ops)
+    assert (lo, hi) == (cfg.data.synthetic.min_ops, cfg.data.synthetic.max_ops)
+    assert statistics.mean(by_ops[hi]) >= 4 * statistics.mean(by_ops[lo])
+    longest = max(n for lens in by_ops.values() for n in lens)
+    assert longest <= min(cfg.teacher_cache.max_new_tokens, cfg.eval.max_new_tokens)
+    train_prompts = {r["prompt"] for r in train}
+    for name in cfg.data.benchmarks:
+        bench = read_jsonl(tmp_path / f"bench/{name}.jsonl")
+        assert len(bench) == 50 and not train_prompts & {r["prompt"] for r in bench}
