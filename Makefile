@@ -40,9 +40,9 @@ bench-memory: $(STAMP)
 	PYTHONPATH=. nice -n 10 $(PY) bench/memory_sweep.py --out bench/memory_sweep.json
 
 # the default DAG once per toy-model build (teacher seed s, student seed s+1; threads), each in
-# /tmp/pgopd-robust/<build>/ (~12-20 min per build on 2 cores): bench/robustness.json
+# /tmp/pgopd-robust/<build>/ (~9-16 min per build on 2 cores): bench/robustness.json
 bench-robustness: $(STAMP)
-	$(PY) bench/robustness.py --builds 0:1 1:1 2:1 0:2 --out bench/robustness.json
+	$(PY) bench/robustness.py --builds 0:1 1:1 2:1 0:2 1:2 2:2 --out bench/robustness.json
 
 clean-results:
 	rm -rf results .snakemake

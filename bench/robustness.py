@@ -13,7 +13,7 @@ benchmark, and the share of the teacher's correct solutions the matched fixed cu
 then the range over builds, and whether PG-OPD / Prune-OPD reach <= 0.5x OPD's training wall
 time at OPD's accuracy within max(2, OPD's seed std) points on every build.
 
-Usage: python bench/robustness.py --builds 0:1 1:1 2:1 0:2 [--workdir /tmp/pgopd-robust]
+Usage: python bench/robustness.py --builds 0:1 1:1 2:1 0:2 1:2 2:2 [--workdir /tmp/pgopd-robust]
                                   [--out bench/robustness.json] [--seeds 0 1]
 A build is ``<seed>:<threads>``: teacher seed <seed>, student seed <seed>+1 (the default
 pair is 0 / 1), <threads> threads per build job.
@@ -118,7 +118,7 @@ def ranges(builds: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--builds", nargs="+", default=["0:1", "1:1", "2:1", "0:2"])
+    ap.add_argument("--builds", nargs="+", default=["0:1", "1:1", "2:1", "0:2", "1:2", "2:2"])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/pgopd-robust"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench/robustness.json")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="training seeds (default: config.yaml's)")
