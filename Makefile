@@ -21,7 +21,7 @@ install: $(STAMP)
 pipeline: $(STAMP)
 	$(VENV)/bin/snakemake --profile workflow/profiles/default --configfile config/config.yaml --cores $(CORES)
 
-# the length-graded testbed (config/graded.yaml; ~14 min on 2 cores), in runs/graded/results/
+# the length-graded testbed (config/graded.yaml; Snakemake ~13 min on 2 cores), in runs/graded/results/
 pipeline-graded: $(STAMP)
 	mkdir -p runs/graded
 	$(VENV)/bin/snakemake -s Snakefile --directory runs/graded --profile workflow/profiles/default \
@@ -39,10 +39,11 @@ bench-memory: $(STAMP)
 	PYTHONPATH=. nice -n 10 $(PY) bench/memory.py --out bench/memory.json
 	PYTHONPATH=. nice -n 10 $(PY) bench/memory_sweep.py --out bench/memory_sweep.json
 
-# the default DAG once per toy-model build (teacher seed s, student seed s+1; threads), each in
-# /tmp/pgopd-robust/<build>/ (~9-16 min per build on 2 cores): bench/robustness.json
+# the default DAG once per toy-model build (teacher seeds 0-2 x 1 and 2 threads), each in
+# /tmp/pgopd-robust/<build>/ (~9-16 min per build on 2 cores; the builds are its --builds default):
+# bench/robustness.json
 bench-robustness: $(STAMP)
-	$(PY) bench/robustness.py --builds 0:1 1:1 2:1 0:2 1:2 2:2 --out bench/robustness.json
+	$(PY) bench/robustness.py --out bench/robustness.json
 
 clean-results:
 	rm -rf results .snakemake

@@ -1,9 +1,13 @@
 """The synthetic tasks (arith, long): deterministic, correct answers, well-formed solutions."""
 import random
 import re
+import statistics
+from pathlib import Path
 
 import pytest
+import yaml
 
+from pgopd import workflow as W
 from pgopd.config import DataConfig, parse_dataclass
 from pgopd.data.prepare import prepare_data
 from pgopd.data.loaders import read_jsonl
@@ -118,13 +122,6 @@ def test_graded_config_prepares_and_its_solutions_grow_4x_with_difficulty(tmp_pa
     """config/graded.yaml (the length-graded testbed) loads, its data prepares (no benchmark
     asks for problems the training set used up), and the mean correct-solution length of its
     hardest training problems is >= 4x that of its easiest, as docs/testbed.md states."""
-    import statistics
-    from pathlib import Path
-
-    import yaml
-
-    from pgopd import workflow as W
-
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/graded.yaml").read_text())
     cfg = W.load_config(raw)
     prepare_data(cfg.data, tmp_path)
@@ -138,6 +135,6 @@ def test_graded_config_prepares_and_its_solutions_grow_4x_with_difficulty(tmp_pa
     longest = max(n for lens in by_ops.values() for n in lens)
     assert longest <= min(cfg.teacher_cache.max_new_tokens, cfg.eval.max_new_tokens)
     train_prompts = {r["prompt"] for r in train}
-    for name in cfg.data.benchmarks:
+    for name, b in cfg.data.benchmarks.items():
         bench = read_jsonl(tmp_path / f"bench/{name}.jsonl")
-        assert len(bench) == 50 and not train_prompts & {r["prompt"] for r in bench}
+        assert len(bench) == b.n > 0 and not train_prompts & {r["prompt"] for r in bench}

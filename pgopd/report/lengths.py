@@ -51,8 +51,9 @@ def cut_lengths(trains: dict, pair: str) -> dict[str, dict[int, int]]:
     for ref in REFERENCES:
         ls = {}
         for (p, m, s), d in trains.items():
-            if p == pair and m == ref and d.get(reference_kept_key(d)) is not None:
-                ls[s] = fixed_cut_length(d[reference_kept_key(d)])
+            kept = d.get(reference_kept_key(d))
+            if p == pair and m == ref and kept is not None:
+                ls[s] = fixed_cut_length(kept)
         for (p, m, s), d in trains.items():
             if p == pair and m == f"fixed_truncation-{ref}" and d.get("fixed_truncation_len") is not None:
                 ls[s] = int(d["fixed_truncation_len"])  # what the control really used
