@@ -314,6 +314,28 @@ def test_falsification_inverse_relation_is_called_contradicted():
     assert F.analyse_outcome(recs[:5], "reward_suffix", n_boot=100)["verdict"] == "insufficient"
 
 
+def test_falsification_non_monotone_relation_is_mixed_not_contradicted():
+    """A negative rank correlation with the top overlap bin above the bottom one (the lowest
+    overlaps worst, a peak just above them, a decline after) must not read as "low-overlap
+    suffixes were MORE valuable": the bottom bin is the least valuable of all."""
+    rng = np.random.default_rng(0)
+
+    def outcome(x):
+        return 0.0 if x < 0.1 else (0.3 if x < 0.2 else (0.9 if x < 0.3 else 0.6 - 0.55 * (x - 0.3)))
+
+    recs = [{"probe_overlap": float(x), "decision_step": 12, "correct": float(outcome(x) + rng.normal(0, 0.05)),
+             "reward_suffix": None, "selected": None, "_run": 0} for x in rng.random(3000)]
+    res = F.analyse_outcome(recs, "correct", n_boot=300)
+    assert res["rho_ci_high"] < 0 < res["tmb_ci_low"]  # the data has both signs, significantly
+    assert res["verdict"] == "mixed"
+    text = F.sentence(res)
+    assert "MORE valuable" not in text and "not monotonically related" in text
+    means = [b["y_mean"] for b in res["bins"]]
+    assert means[0] == min(means) and "/".join(f" {m:.3f} " for m in means).strip() in text
+    # the same numbers with the bin difference not significant stay "contradicted"
+    assert F.verdict({**res, "tmb_ci_low": -0.01}) == "contradicted"
+
+
 def test_falsification_mixed_evidence_is_said_plainly():
     res = {"outcome": "correct", "n": 500, "spearman_rho": 0.12, "rho_ci_low": 0.03, "rho_ci_high": 0.2,
            "top_minus_bottom": 0.04, "tmb_ci_low": -0.02, "tmb_ci_high": 0.1, "kept_minus_stopped": None}

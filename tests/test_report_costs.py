@@ -114,6 +114,16 @@ def test_reward_noise_verdict_follows_the_data(slope, expected):
     assert N.analyse_windows(_noise_recs(np.random.default_rng(1), -1.0, n=5))["verdict"] == "insufficient"
 
 
+def test_reward_noise_opposite_signs_are_mixed():
+    """rho and the bottom-minus-top difference significant in opposite directions: "mixed",
+    never "contradicted" (the text must not claim the reward is LESS noisy at low overlap)."""
+    res = {"spearman_rho": 0.2, "rho_ci_low": 0.1, "rho_ci_high": 0.3,
+           "bottom_minus_top": 0.5, "bmt_ci_low": 0.2, "bmt_ci_high": 0.8}
+    assert N.verdict(res) == "mixed"
+    assert N.verdict({**res, "bmt_ci_low": -0.1}) == "contradicted"
+    assert N.verdict({**res, "spearman_rho": -0.2, "rho_ci_low": -0.3, "rho_ci_high": -0.1}) == "supported"
+
+
 def test_reward_noise_prefers_opd_runs():
     rng = np.random.default_rng(2)
     cands = {("p", "pruneopd", 0): _noise_recs(rng, 1.0), ("p", "opd", 0): _noise_recs(rng, -1.0)}

@@ -34,8 +34,11 @@ For every pair and outcome (seeds pooled) the analysis reports
   CI over groups (the same problem on both sides: difficulty cannot drive it).
 
 Verdict (from the numbers): *supported* when the correlation is positive with a CI above 0
-and the top-vs-bottom difference is positive with a CI above 0; *contradicted* when either
-is significantly negative; otherwise *not supported*: the report says plainly that
+and the top-vs-bottom difference is positive with a CI above 0; *mixed* when the two are
+significant with opposite signs (the relation is not monotone, e.g. the lowest-overlap bin
+worst and the highest not best: neither direction may be claimed, and the bin means are
+spelled out); *contradicted* when either is significantly negative and the other is not
+significantly positive; otherwise *not supported*: the report says plainly that
 low-overlap suffixes turned out as valuable as high-overlap ones, and why (the correlation's
 CI includes 0, and / or the top-vs-bottom difference is not significant); *insufficient*
 with fewer than :data:`MIN_N` candidates or no variation.  The within-prompt kept-minus-
@@ -164,6 +167,8 @@ def verdict(res: dict) -> str:
     tmb_sig = S.ci_excludes_zero(res.get("tmb_ci_low"), res.get("tmb_ci_high"))
     tmb_pos = tmb_sig and tmb > 0
     tmb_neg = tmb_sig and tmb < 0
+    if (rho_neg and tmb_pos) or (rho_pos and tmb_neg):
+        return "mixed"
     if rho_neg or tmb_neg:
         return "contradicted"
     if rho_pos and tmb_pos:
@@ -229,6 +234,13 @@ def sentence(res: dict) -> str:
                f"{res['n_groups']} prompts")
     if v == "supported":
         head = (f"Probe overlap predicts the {what}: higher-overlap prefixes led to more valuable suffixes")
+    elif v == "mixed":
+        means = " / ".join(f"{b['y_mean']:.3f}" for b in res.get("bins", []))
+        sign = "negative" if res["spearman_rho"] < 0 else "positive"
+        head = (f"Probe overlap and the {what} are not monotonically related: the rank correlation is "
+                f"{sign} but the top-vs-bottom bin difference has the other sign (bin means from the lowest "
+                f"to the highest overlap: {means}), so neither PG-OPD's premise nor its opposite holds "
+                f"over the whole range")
     elif v == "contradicted":
         head = (f"Probe overlap is inversely related to the {what}: low-overlap suffixes were MORE valuable "
                 f"than high-overlap ones, contrary to PG-OPD's premise")
@@ -254,6 +266,11 @@ def sentence(res: dict) -> str:
         note = (" Within the same prompt the difference is not significant: the pooled relation may reflect "
                 "which problems have high overlap rather than which of a problem's candidates do, and PG-OPD "
                 "ranks within a prompt." + note)
+    if v == "mixed" and res.get("kept_minus_stopped") is not None:
+        kms_sig = S.ci_excludes_zero(res.get("kms_ci_low"), res.get("kms_ci_high"))
+        how = ("better than" if res["kept_minus_stopped"] > 0 else "worse than") if kms_sig else "no differently from"
+        note = (f" Within a prompt, where PG-OPD ranks, the candidates it would keep did {how} those it would "
+                f"stop." + note)
     return f"{head} ({rho}; {tmb}{kms}).{note}"
 
 

@@ -16,7 +16,9 @@ redrawn together, since they are not independent).
 Numbers: Spearman rho of window overlap vs reward variance with its 95 % CI; the mean
 variance in the bottom minus the top overlap quintile, with its 95 % CI.  Verdict:
 *supported* when rho < 0 and bottom-minus-top > 0, both with CIs excluding 0;
-*contradicted* when either is significant the other way; *insufficient* with fewer than
+*mixed* when the two are significant in opposite directions (not monotone: neither direction
+may be claimed); *contradicted* when either is significant the other way and the other does
+not support the premise; *insufficient* with fewer than
 :data:`MIN_N` candidates or no variation; else *not supported*.
 """
 from __future__ import annotations
@@ -91,9 +93,14 @@ def verdict(res: dict) -> str:
         return "insufficient"
     rho_sig = S.ci_excludes_zero(res["rho_ci_low"], res["rho_ci_high"])
     bmt_sig = S.ci_excludes_zero(res.get("bmt_ci_low"), res.get("bmt_ci_high"))
-    if (rho_sig and res["spearman_rho"] > 0) or (bmt_sig and res["bottom_minus_top"] < 0):
+    rho_for, rho_against = rho_sig and res["spearman_rho"] < 0, rho_sig and res["spearman_rho"] > 0
+    bmt_for = bmt_sig and res["bottom_minus_top"] > 0
+    bmt_against = bmt_sig and res["bottom_minus_top"] < 0
+    if (rho_for and bmt_against) or (rho_against and bmt_for):
+        return "mixed"
+    if rho_against or bmt_against:
         return "contradicted"
-    if rho_sig and res["spearman_rho"] < 0 and bmt_sig and res["bottom_minus_top"] > 0:
+    if rho_for and bmt_for:
         return "supported"
     return "not_supported"
 
@@ -136,6 +143,9 @@ def sentence(pair: str, entry: dict) -> str:
     head = {"supported": "low window overlap comes with a noisier teacher reward, as Prune-OPD assumes",
             "contradicted": "low window overlap comes with a LESS noisy teacher reward, contrary to Prune-OPD's "
                             "premise",
+            "mixed": "window overlap and reward variance are not monotonically related (the rank correlation "
+                     "and the bottom-minus-top quintile difference point in opposite directions); neither "
+                     "Prune-OPD's premise nor its opposite holds over the whole range",
             "not_supported": "the reward is not measurably noisier where the window overlap is low (a 95% CI "
                              "includes 0); this does not support Prune-OPD's premise"}[res["verdict"]]
     return f"{src}: {head} ({nums}; cluster bootstrap over candidates)."
