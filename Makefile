@@ -21,7 +21,7 @@ install: $(STAMP)
 pipeline: $(STAMP)
 	$(VENV)/bin/snakemake --profile workflow/profiles/default --configfile config/config.yaml --cores $(CORES)
 
-# the length-graded testbed (config/graded.yaml; Snakemake ~13 min on 2 cores), in runs/graded/results/
+# the length-graded testbed (config/graded.yaml: four seeds, controls on each; Snakemake ~30 min on 2 cores), in runs/graded/results/
 pipeline-graded: $(STAMP)
 	mkdir -p runs/graded
 	$(VENV)/bin/snakemake -s Snakefile --directory runs/graded --profile workflow/profiles/default \

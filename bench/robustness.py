@@ -73,7 +73,7 @@ def _f(v):
 def summarise(tables: Path) -> dict:
     """The numbers of one build (accuracy in points)."""
     main = {r["method"]: r for r in _csv(tables / "main.csv")}
-    delta = {r["method"]: r for r in _csv(tables / "delta.csv")}
+    delta = {r["method"]: r for r in _csv(tables / "delta.csv") if r.get("baseline", "opd") == "opd"}
     lengths = {r["level"]: r for r in _csv(tables / "solution_lengths.csv")}
     benches = [c[:-len("_diff")] for c in next(iter(delta.values())) if c.endswith("_diff") and c != "avg_diff"]
     hard = benches[-1]

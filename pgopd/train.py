@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from . import inputcheck, runguard, stepstats
+from .coldstart import cold_start
 from .config import TrainConfig
 from .checkpoint import RunState, _save_hf, _truncate_lines, _write_json_atomic, load_resume, save_resume
 from .rollout.loop import RolloutResult, rollout_in_groups
@@ -104,21 +105,6 @@ class PromptSampler:
             out.append(order[i])
             self.position += 1
         return out
-
-
-def sft_loss(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
-    """Cross-entropy on response tokens only (the off-policy cold start on teacher samples)."""
-    seqs = [p + r for p, r in zip(prompts, responses)]
-    S = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), S), pad_id, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for b, (p, s) in enumerate(zip(prompts, seqs)):
-        ids[b, :len(s)] = torch.tensor(s)
-        att[b, :len(s)] = 1
-        labels[b, len(p):len(s)] = torch.tensor(s[len(p):])
-    dev = next(model.parameters()).device
-    return model(input_ids=ids.to(dev), attention_mask=att.to(dev), labels=labels.to(dev)).loss
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -337,8 +323,8 @@ def _start_state(run: _Run, teacher_cache: Path, reference: Path | None, resume:
             run.metrics_path.write_text("")
             run.cands_path.write_text("")
         if run.cfg.cold_start_steps:
-            _cold_start(run.engine, run.cfg, Path(teacher_cache), run.records, run.prompt_ids,
-                        run.tok.pad_token_id, run.seed)
+            cold_start(run.engine, run.cfg, Path(teacher_cache), run.records, run.prompt_ids,
+                       run.tok.pad_token_id, run.seed, run.dist)
     else:
         log.info("resuming from step %d", state.step)
         if run.dist.rank == 0:
@@ -482,22 +468,3 @@ def _finish(engine, tok, cfg, state: RunState, out_dir: Path, dist, t_start, met
     dist.barrier()
     log.info("done: %s", summary)
     return summary
-
-
-def _cold_start(engine, cfg: TrainConfig, cache_dir: Path, records, prompt_ids, pad_id, seed) -> None:
-    """Off-policy warm start: SFT on the teacher's cached correct samples (Agarwal et al. /
-    thunlp-OPD start OPD from a distilled student; optional here)."""
-    from .data.loaders import read_jsonl
-
-    by_id = {r["id"]: i for i, r in enumerate(records)}
-    pairs = [(by_id[s["id"]], s["tokens"]) for s in read_jsonl(cache_dir / "samples.jsonl")
-             if s.get("correct") and s["id"] in by_id]
-    if not pairs:
-        raise ValueError("train.cold_start_steps > 0 but the teacher cache has no correct sample")
-    rng = random.Random(seed)
-    engine.module.train()
-    for _ in range(cfg.cold_start_steps):
-        batch = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.prompts_per_step * cfg.n_samples)]
-        loss = sft_loss(engine, [prompt_ids[i] for i, _ in batch], [t for _, t in batch], pad_id)
-        engine.backward(loss)
-        engine.step()

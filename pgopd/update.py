@@ -232,6 +232,37 @@ def step_applied(engine) -> bool:
     return norm is None or math.isfinite(float(norm))
 
 
+def discard_gradients(engine) -> None:
+    """Drop every gradient this step accumulated, wherever DeepSpeed keeps it, so that a
+    skipped step leaves nothing for the next one; as DeepSpeed's own overflow path does
+    (0.19.8: ``DeepSpeedZeroOptimizer.step`` and ``DeepSpeedZeroOptimizer_Stage3.
+    _overflow_clean_up``).
+
+    ``optimizer.zero_grad()`` alone is not enough under ZeRO-1/2: the reduced gradient
+    partitions live in ``averaged_gradients`` (with fp32 accumulation, one fp32 buffer), and
+    the next backward *adds* to them (``micro_step_id`` is only reset inside ``step()``), so
+    a non-finite step would poison the next, clean one."""
+    opt = engine.optimizer
+    opt.zero_grad(set_to_none=True)
+    release = getattr(opt, "_release_preflattened_grad_buffers", None)
+    if callable(release):
+        release()
+    avg = getattr(opt, "averaged_gradients", None)
+    if isinstance(avg, dict):
+        if type(opt).__name__ == "DeepSpeedZeroOptimizer_Stage3":
+            opt.averaged_gradients = {}
+        else:
+            for group in list(avg):
+                avg[group] = None
+                if isinstance(getattr(opt, "all_grad_tensors", None), dict):
+                    opt.all_grad_tensors[group] = None
+    if getattr(opt, "cpu_offload", False) or getattr(opt, "offload_optimizer", False):
+        opt.reset_cpu_buffers()
+    if hasattr(opt, "micro_step_id"):
+        # ZeRO-1/2 start a step at -1 (their INITIAL_MICRO_STEP_ID), ZeRO-3 at 0 (its zero_grad)
+        opt.micro_step_id = 0 if type(opt).__name__ == "DeepSpeedZeroOptimizer_Stage3" else -1
+
+
 # ----------------------------------------------------------------------------- the update
 def plan_micro_batches(res: RolloutResult, cfg: TrainConfig, dist: Dist) -> tuple[list[list[int]], list[int]]:
     """This rank's micro-batches (candidate indices, possibly empty lists as padding) and
@@ -240,6 +271,13 @@ def plan_micro_batches(res: RolloutResult, cfg: TrainConfig, dist: Dist) -> tupl
     mbs = [[rows[j] for j in mb] for mb in pack_micro_batches([seq_len(res, i) for i in rows],
                                                               cfg.max_tokens_per_micro_batch)]
     chunks = [n_chunks_for(sum(res.train_len(res.cands[i]) for i in mb), cfg.logprob_chunk_tokens) for mb in mbs]
+    return agree_micro_batches(mbs, chunks, dist)
+
+
+def agree_micro_batches(mbs: list[list[int]], chunks: list[int], dist: Dist) -> tuple[list[list[int]], list[int]]:
+    """Every rank the same number of micro-batches (empty lists appended) and, per
+    micro-batch, the largest LM-head chunk count of any rank: the same forward / backward
+    calls and ZeRO collectives everywhere."""
     every = dist.gather(chunks)
     n_mb = max(len(c) for c in every)
     agreed = [max(c[j] if j < len(c) else 1 for c in every) for j in range(n_mb)]
@@ -293,7 +331,7 @@ def apply_update(engine, res: RolloutResult, cfg: TrainConfig, pad_id: int, dist
     acc = accumulate(engine, res, cfg, pad_id, dist)
     ok = bool(dist.sum(float(not acc["ok"]))[0] == 0)
     if not ok:
-        engine.optimizer.zero_grad()
+        discard_gradients(engine)
     elif acc["n_global"]:
         engine.step()
         ok = step_applied(engine)  # a non-finite gradient only DeepSpeed's partitions saw

@@ -413,7 +413,11 @@ def train_command(cfg: Config, root: Optional[str] = None) -> str:
     * several nodes (slurm): ``srun`` starts one torchrun per node of the allocation, which
       meet at a c10d rendezvous on the first node (``SLURM_JOB_ID`` / ``SLURM_JOB_NODELIST``).
 
-    ``OMP_NUM_THREADS`` is ``cpus_per_task`` split over the processes of a node.
+    ``OMP_NUM_THREADS`` is ``cpus_per_task`` split over the processes of a node.  Under
+    torchrun, ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` is the job's whole runtime: on SIGTERM (slurm's
+    time limit, ``scancel``) the agent passes the signal on and SIGKILLs the training processes
+    after this many seconds (torch's default: 30), while they finish the current step and
+    write a checkpoint (minutes at paper scale); slurm's ``KillWait`` stays the bound.
     """
     r = cfg.resources.train
     kind = train_launcher(cfg)
@@ -422,6 +426,8 @@ def train_command(cfg: Config, root: Optional[str] = None) -> str:
     env = f"OMP_NUM_THREADS={threads}"
     if kind == "none":
         return f"{env} {pgopd_command(root)}"
+    if kind == "torchrun":
+        env += f" TORCH_ELASTIC_SHUTDOWN_TIMEOUT={int(r.runtime) * 60}"
     py, target = _launch_parts(root)
     if kind == "deepspeed":
         if r.nodes > 1:

@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,7 @@ def test_one_node_several_gpus_uses_torchrun():
     assert W.train_launcher(cfg) == "torchrun"
     assert cmd.startswith("OMP_NUM_THREADS=4 ")  # 32 cores over 8 processes
     assert "-m torch.distributed.run --standalone --nnodes 1 --nproc_per_node 8 " in cmd
+    assert " TORCH_ELASTIC_SHUTDOWN_TIMEOUT=3600 " in cmd  # the job's runtime (60 min), not torch's 30 s
     assert "srun" not in cmd
     assert W.train_resources(cfg)["gpu"] == 8
     ds = W.train_command(_cfg(gpu=8, launcher="deepspeed"), str(ROOT))
@@ -160,6 +162,7 @@ def test_several_nodes_use_srun_and_a_rendezvous():
     cmd = W.train_command(cfg, str(ROOT))
     assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --gres=gpu:8" in cmd
     assert "--nnodes 2 --nproc_per_node 8 --rdzv_backend c10d" in cmd
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=3600 srun " in cmd  # srun passes the environment on
     assert "SLURM_JOB_ID:?" in cmd and "scontrol show hostnames" in cmd
     res = W.train_resources(cfg)
     assert "gpu" not in res and res["gres"] == "gpu:8"
@@ -168,6 +171,40 @@ def test_several_nodes_use_srun_and_a_rendezvous():
     r = subprocess.run(["bash", "-c", f"set -u; {cmd} --help"], capture_output=True, text=True,
                        env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
     assert r.returncode != 0 and "resources.train.nodes > 1 needs a slurm allocation" in r.stderr
+
+
+def _sigterm_torchrun(tmp_path, timeout_env: str) -> bool:
+    """SIGTERM a torchrun agent whose worker needs 4 s to finish its step: did it finish?"""
+    import signal
+    import time
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                              "MASTER_ADDR", "MASTER_PORT")}
+    env.update(dict([timeout_env.split("=")]), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                          str(ROOT / "tests/scripts/sigterm_grace.py"), str(tmp_path), "4"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "ready0").exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    assert (tmp_path / "ready0").exists()
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=120)
+    return (tmp_path / "done0").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_leaves_time_to_finish_the_step(tmp_path):
+    """torchrun SIGKILLs its workers TORCH_ELASTIC_SHUTDOWN_TIMEOUT s after a SIGTERM (default
+    30 s: shorter than one paper-scale step, so no checkpoint would be written); the train
+    command sets it to the job's runtime.  Checked with torch's own agent: 1 s kills a worker
+    mid-step, the command's value lets it finish."""
+    cmd = W.train_command(_cfg(gpu=8, runtime=5), str(ROOT))
+    ours = next(t for t in cmd.split() if t.startswith("TORCH_ELASTIC_SHUTDOWN_TIMEOUT="))
+    assert ours == "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=300"
+    assert not _sigterm_torchrun(tmp_path / "short", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=1")
+    assert _sigterm_torchrun(tmp_path / "ours", ours)
 
 
 def test_launcher_config_errors_name_the_key():

@@ -17,6 +17,7 @@ from pgopd.rollout.hf import HFSampler
 from pgopd.rollout.kv import KVBatch
 from pgopd.rollout.loop import rollout
 from pgopd.rollout.scorer import TeacherScorer
+from tiny import torchrun_script
 
 V, PAD, EOS = 40, 0, 1
 
@@ -139,24 +140,30 @@ def test_zero2_two_processes_skip_a_step_with_a_nan_gradient(tmp_path):
     skipped and keep their weights; the next clean step trains.  DeepSpeed reads the fp32
     accumulation / communication keys (~20 s on 2 cores)."""
     import json
-    import os
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPATH=os.pathsep.join([str(root), env.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(root / "tests/scripts/nan_grad_step.py"), str(tmp_path)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    torchrun_script("nan_grad_step.py", tmp_path)
     for rank in (0, 1):
         rec = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert rec["first_finite"] is False and rec["first_unchanged"], (rank, rec)
         assert rec["second_finite"] is True and rec["second_moved"] and rec["weights_finite"], (rank, rec)
         assert rec["data_types"] == ["torch.bfloat16", "torch.float32"], rec
         assert rec["communication_data_type"] == "torch.float32", rec
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_a_step_skipped_for_a_non_finite_loss_leaves_no_trace(tmp_path, stage):
+    """One rank's loss is inf: the step is skipped on both ranks, and the next clean step
+    gives exactly the weights a clean step alone gives (ZeRO-2 kept the skipped gradient in
+    its fp32 partition and lost the next step too, before ``discard_gradients``)."""
+    import json
+
+    torchrun_script("skipped_step_leaves_no_trace.py", tmp_path, stage)
+    for rank in (0, 1):
+        rec = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert rec["skipped_finite"] is False, (rank, rec)
+        assert rec["after_skip_finite"] is True and rec["alone_finite"] is True, (rank, rec)
+        assert rec["moved"] and rec["same_loss"] and rec["max_abs_diff"] == 0.0, (rank, rec)
 
 
 # ----------------------------------------------------------------------------- item 2

@@ -49,6 +49,25 @@ def test_delta_per_benchmark_hand_computed_and_zero_for_identical_runs(tmp_path)
     assert "| Fixed truncation matched to PG-OPD (ctrl) | +25.00 [" in md
 
 
+def test_method_minus_matched_control_is_the_negated_difference_here(tmp_path):
+    """PG-OPD equals OPD in RUNS, so PG-OPD - its fixed cut is minus (fixed cut - OPD), per
+    benchmark and on the average; the markdown has its own section."""
+    evals = load_evals(_evals(tmp_path, RUNS))
+    t = compute_table(evals, {}, n_boot=300)
+    (row,) = D.versus_control_rows(t, evals, n_boot=300)
+    assert (row["method"], row["baseline"], row["reference"]) == ("pgopd", "fixed_truncation-pgopd", "pgopd")
+    assert row["easy_diff"] == pytest.approx(-0.25) and row["hard_diff"] == pytest.approx(0.1875)
+    assert row["avg_diff"] == pytest.approx((-0.25 + 0.1875) / 2) and row["n_seeds"] == 2
+    assert row["easy_ci_high"] <= 0.0 <= row["hard_ci_low"]
+    md = D.render_markdown(D.delta_rows(t, evals, n_boot=300) + [row], t.benches)
+    assert md.index("## Δ vs OPD per benchmark") < md.index("## Each method minus its matched controls")
+    assert "| PG-OPD − Fixed truncation matched to PG-OPD (ctrl) | −25.00 [" in md
+    # a control whose reference did not run has no row
+    runs = {k: v for k, v in RUNS.items() if k[0] != "pgopd"}
+    evals = load_evals(_evals(tmp_path / "b", runs))
+    assert D.versus_control_rows(compute_table(evals, {}, n_boot=50), evals, n_boot=50) == []
+
+
 def test_delta_uses_only_seeds_both_runs_have(tmp_path):
     runs = {k: v for k, v in RUNS.items() if k != ("fixed_truncation-pgopd", "seed1")}
     evals = load_evals(_evals(tmp_path, runs))
@@ -107,8 +126,11 @@ def test_report_writes_lengths_and_delta(tmp_path):
     assert md.index("# Main results") < md.index("## Δ vs OPD per benchmark") < md.index("## Hyperparameters")
     assert "|\n\n## The teacher's correct solutions" in md  # a blank line between the two tables
     with open(out / "delta.csv") as fh:
-        d = {r["method"]: r for r in csv.DictReader(fh)}
-    assert float(d["pgopd"]["easy_diff"]) == 0.0 and float(d["fixed_truncation-pgopd"]["easy_diff"]) == 0.25
+        d = {(r["method"], r["baseline"]): r for r in csv.DictReader(fh)}
+    assert float(d[("pgopd", "opd")]["easy_diff"]) == 0.0
+    assert float(d[("fixed_truncation-pgopd", "opd")]["easy_diff"]) == 0.25
+    assert float(d[("pgopd", "fixed_truncation-pgopd")]["easy_diff"]) == -0.25
+    assert "## Each method minus its matched controls" in md
 
 
 def test_robustness_bench_reads_a_builds_tables(tmp_path):

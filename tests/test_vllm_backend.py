@@ -186,8 +186,8 @@ def test_generate_with_passes_engine_options(monkeypatch):
     seen = {}
     monkeypatch.setattr(vb, "generate_vllm", lambda *a, **kw: seen.update(kw) or [])
     generate_with("vllm", "m", None, [[1]], eos_id=0, pad_id=0, n=1, temperature=0.0, top_p=1.0,
-                  max_new_tokens=2, seed=0, vllm_options={"enforce_eager": False})
-    assert seen["enforce_eager"] is False
+                  max_new_tokens=2, seed=0, batch_size=7, vllm_options={"enforce_eager": False})
+    assert seen["enforce_eager"] is False and seen["batch_size"] == 7  # requests per engine call
 
 
 def test_two_torchrun_ranks_each_build_update_and_generate(tmp_path):
@@ -468,8 +468,11 @@ def test_generate_vllm_matches_hf_generate(setup):
     for a, b in zip(got, want):
         assert torch.allclose(torch.tensor(a["logp"]), torch.tensor(b["logp"]), atol=1e-4)
         assert torch.allclose(torch.tensor(a["topk_logp"]), torch.tensor(b["topk_logp"]), atol=2e-4)
+    # in blocks of 3 requests (teacher_cache.batch_size): the same records
+    assert generate_vllm(s["engine"], prompts, 2, 0.0, 1.0, 30, 0, 4, eos_id=s["eos"], batch_size=3) == got
     # sampled: a one-chunk sampler with the same seed draws the same tokens, row for row
     samp = generate_vllm(s["engine"], prompts, 2, 1.0, 1.0, 16, 5, 0, eos_id=s["eos"])
+    assert generate_vllm(s["engine"], prompts, 2, 1.0, 1.0, 16, 5, 0, eos_id=s["eos"], batch_size=4) == samp
     assert "topk_ids" not in samp[0]
     sampler = make_vllm_sampler(s["engine"], eos_id=s["eos"], pad_id=s["pad"], temperature=1.0, seed=5)
     sampler.start([p for p in prompts for _ in range(2)])

@@ -1,4 +1,7 @@
-"""Tiny local models for tests (never downloaded)."""
+"""Tiny local models for tests (never downloaded), and a torchrun starter for test scripts."""
+import subprocess
+import sys
+
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -56,3 +59,19 @@ def make_qwen3_train_dir(d):
     save_qwen3_model(tok, 0, d / "teacher", tied=False)
     save_qwen3_model(tok, 1, d / "student", tied=True)
     return d
+
+
+def torchrun_script(script: str, *args, nproc: int = 2) -> None:
+    """``torchrun --nproc_per_node <nproc> tests/scripts/<script> <args>`` on DeepSpeed's CPU accelerator."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.pathsep.join([str(root), env.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(root / "tests/scripts" / script), *map(str, args)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]

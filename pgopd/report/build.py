@@ -46,7 +46,7 @@ def report(eval_jsons: list[Path], train_jsons: list[Path], out_dir: Path, *, me
     max_new = ((hparams or {}).get("train") or {}).get("max_new_tokens")
     costs, stops, controls = K.cost_rows(runs_metrics), K.stop_rows(cands, max_new), K.control_rows(t, trains)
     tail_rows = TL.tail_rows(cands, max_new)
-    deltas = D.delta_rows(t, evals, n_boot=n_boot, seed=seed)
+    deltas = D.delta_rows(t, evals, n_boot=n_boot, seed=seed) + D.versus_control_rows(t, evals, n_boot=n_boot, seed=seed)
     len_rows = []
     if teacher_samples and train_data is not None:
         len_rows = L.length_rows(teacher_samples, read_jsonl(Path(train_data), ["id", "ops"]), trains)

@@ -14,7 +14,7 @@ def generate_with(backend: str, model_ref: str, model, prompts: list[list[int]],
 
         return generate_vllm(model_ref, prompts, n=n, temperature=temperature, top_p=top_p,
                              max_new_tokens=max_new_tokens, seed=seed, logprobs_k=logprobs_k, eos_id=eos_id,
-                             **(vllm_options or {}))
+                             batch_size=batch_size, **(vllm_options or {}))
     from .hf import generate
 
     return generate(model, prompts, eos_id=eos_id, pad_id=pad_id, n=n, temperature=temperature, top_p=top_p,

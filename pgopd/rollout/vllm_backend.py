@@ -406,9 +406,23 @@ def _default_eos(model_path: str) -> int:
     return int(eos)
 
 
+def _generated_record(row: tuple[int, int], comp, logprobs_k: int) -> dict:
+    """One :func:`generate_vllm` record from a vLLM completion (its log-probs as a
+    ``FlatLogprobs`` or a list of per-position dicts: indexing gives a dict either way)."""
+    ids = list(comp.token_ids)
+    per_pos = [comp.logprobs[i] for i in range(len(ids))]
+    rec = {"prompt_idx": row[0], "sample_idx": row[1], "tokens": ids,
+           "logp": [lp[t].logprob for t, lp in zip(ids, per_pos)]}
+    if logprobs_k:
+        tops = [sorted(lp.items(), key=lambda kv: (kv[1].rank, -kv[1].logprob))[:logprobs_k] for lp in per_pos]
+        rec["topk_ids"] = [[k for k, _ in top] for top in tops]
+        rec["topk_logp"] = [[round(v.logprob, 4) for _, v in top] for top in tops]
+    return rec
+
+
 def generate_vllm(model_path, prompts: list[list[int]], n: int = 1, temperature: float = 1.0,
                   top_p: float = 1.0, max_new_tokens: int = 64, seed: int = 0, logprobs_k: int = 0, *,
-                  eos_id: int | None = None, engine: VLLMEngine | None = None,
+                  eos_id: int | None = None, engine: VLLMEngine | None = None, batch_size: int = 0,
                   **engine_kwargs) -> list[dict]:
     """``n`` responses per prompt in one engine pass; the records of
     :func:`pgopd.rollout.hf.generate`: ``{prompt_idx, sample_idx, tokens, logp}`` plus
@@ -417,6 +431,13 @@ def generate_vllm(model_path, prompts: list[list[int]], n: int = 1, temperature:
     (or pass ``engine=``); otherwise an engine is built with ``engine_kwargs`` and shut down.
     Row ``r = prompt_idx * n + sample_idx`` uses the seed a :class:`VLLMSampler` with the same
     ``seed`` gives row ``r`` in its first chunk.
+
+    ``batch_size`` > 0: requests go to the engine ``batch_size`` rows at a time (same seeds,
+    same records), and each block's outputs are turned into records and dropped before the
+    next: vLLM's per-position log-prob containers of a whole teacher cache (17k prompts x
+    1,024 tokens at config/paper.yaml) would otherwise all be alive at once.  They are
+    requested flat (``flat_logprobs``: a few flat lists per request, not a dict of
+    ``Logprob`` objects per position).
     """
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -430,29 +451,23 @@ def generate_vllm(model_path, prompts: list[list[int]], n: int = 1, temperature:
         if eos_id is None:
             eos_id = _default_eos(engine.model_path)
         rows = [(p, s) for p in range(len(prompts)) for s in range(n)]
-        reqs, params = [], []
-        for r, (p, _) in enumerate(rows):
-            reqs.append(TokensPrompt(prompt_token_ids=list(map(int, prompts[p]))))
-            kw = dict(n=1, max_tokens=max_new_tokens, logprobs=logprobs_k, stop_token_ids=[eos_id],
-                      detokenize=False, skip_special_tokens=False, seed=request_seed(seed, r, 0))
-            if temperature == 0:
-                kw["temperature"] = 0.0
-            else:
-                kw.update(temperature=temperature, top_p=top_p)
-            params.append(SamplingParams(**kw))
-        outs = engine.llm.generate(reqs, params, use_tqdm=False) if reqs else []
+        block = batch_size if batch_size > 0 else max(1, len(rows))
         recs = []
-        for (p, s), out in zip(rows, outs):
-            comp = out.outputs[0]
-            ids = list(comp.token_ids)
-            rec = {"prompt_idx": p, "sample_idx": s, "tokens": ids,
-                   "logp": [lp[t].logprob for t, lp in zip(ids, comp.logprobs)]}
-            if logprobs_k:
-                tops = [sorted(lp.items(), key=lambda kv: (kv[1].rank, -kv[1].logprob))[:logprobs_k]
-                        for lp in comp.logprobs]
-                rec["topk_ids"] = [[k for k, _ in top] for top in tops]
-                rec["topk_logp"] = [[round(v.logprob, 4) for _, v in top] for top in tops]
-            recs.append(rec)
+        for b0 in range(0, len(rows), block):
+            reqs, params = [], []
+            for r in range(b0, min(b0 + block, len(rows))):
+                reqs.append(TokensPrompt(prompt_token_ids=list(map(int, prompts[rows[r][0]]))))
+                kw = dict(n=1, max_tokens=max_new_tokens, logprobs=logprobs_k, stop_token_ids=[eos_id],
+                          detokenize=False, skip_special_tokens=False, seed=request_seed(seed, r, 0),
+                          flat_logprobs=True)
+                if temperature == 0:
+                    kw["temperature"] = 0.0
+                else:
+                    kw.update(temperature=temperature, top_p=top_p)
+                params.append(SamplingParams(**kw))
+            outs = engine.llm.generate(reqs, params, use_tqdm=False)
+            recs += [_generated_record(rows[b0 + i], out.outputs[0], logprobs_k) for i, out in enumerate(outs)]
+            del outs
         return recs
     finally:
         if own:
