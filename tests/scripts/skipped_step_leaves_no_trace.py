@@ -42,7 +42,10 @@ def main(out_dir: str, stage: int) -> None:
                                         "loss": "sampled", "chunk_size": 4, "n_samples": 2, "prompts_per_step": 2,
                                         "pgopd": {"prefix_len": 4, "probe_end": 4}}, "train")
     student, teacher = tiny(0, 1), tiny(1, 2)
-    dist = U.Dist()
+    a = copy.deepcopy(student)
+    engine, *_ = deepspeed.initialize(model=a, config=ds_config(cfg), model_parameters=list(a.parameters()))
+    dist = U.Dist()  # after deepspeed.initialize: it starts the process group
+    assert dist.world == 2
     prompts = [[[5, 6, 7]], [[8, 9, 10, 11]]][dist.rank]
     res = rollout(HFSampler(copy.deepcopy(student), EOS, PAD, seed=3), TeacherScorer(teacher, PAD, topk=4),
                   make_policy("opd", cfg, seed=0), prompts, n_samples=2, max_new_tokens=8, chunk_size=4, overlap_k=4)
@@ -52,8 +55,6 @@ def main(out_dir: str, stage: int) -> None:
         loss, stats = clean_loss(*a, **k)
         return (loss * float("inf") if dist.rank == 1 else loss), stats
 
-    a = copy.deepcopy(student)
-    engine, *_ = deepspeed.initialize(model=a, config=ds_config(cfg), model_parameters=list(a.parameters()))
     U.batch_loss = rank1_inf
     skipped = U.apply_update(engine, res, cfg, PAD, dist)
     U.batch_loss = clean_loss
