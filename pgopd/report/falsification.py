@@ -161,19 +161,10 @@ def analyse_outcome(recs: list[dict], outcome: str, n_bins: int = N_BINS, n_boot
 def verdict(res: dict) -> str:
     if res["n"] < MIN_N or res.get("spearman_rho") is None:
         return "insufficient"
-    rho_pos = S.ci_excludes_zero(res["rho_ci_low"], res["rho_ci_high"]) and res["spearman_rho"] > 0
-    rho_neg = S.ci_excludes_zero(res["rho_ci_low"], res["rho_ci_high"]) and res["spearman_rho"] < 0
-    tmb = res.get("top_minus_bottom")
-    tmb_sig = S.ci_excludes_zero(res.get("tmb_ci_low"), res.get("tmb_ci_high"))
-    tmb_pos = tmb_sig and tmb > 0
-    tmb_neg = tmb_sig and tmb < 0
-    if (rho_neg and tmb_pos) or (rho_pos and tmb_neg):
-        return "mixed"
-    if rho_neg or tmb_neg:
-        return "contradicted"
-    if rho_pos and tmb_pos:
-        return "supported"
-    return "not_supported"
+    # the premise: higher probe overlap, more valuable suffix (both tests positive)
+    return S.premise_verdict(S.significant_sign(res["spearman_rho"], res["rho_ci_low"], res["rho_ci_high"]),
+                             S.significant_sign(res.get("top_minus_bottom"), res.get("tmb_ci_low"),
+                                                res.get("tmb_ci_high")))
 
 
 def analyse(cands: dict[tuple[str, str, int], list[dict]], n_bins: int = N_BINS, n_boot: int = S.N_BOOT,

@@ -91,18 +91,10 @@ def analyse_windows(recs: list[dict], n_boot: int = S.N_BOOT, seed: int = 0, n_b
 def verdict(res: dict) -> str:
     if res.get("spearman_rho") is None or res.get("rho_ci_low") is None:
         return "insufficient"
-    rho_sig = S.ci_excludes_zero(res["rho_ci_low"], res["rho_ci_high"])
-    bmt_sig = S.ci_excludes_zero(res.get("bmt_ci_low"), res.get("bmt_ci_high"))
-    rho_for, rho_against = rho_sig and res["spearman_rho"] < 0, rho_sig and res["spearman_rho"] > 0
-    bmt_for = bmt_sig and res["bottom_minus_top"] > 0
-    bmt_against = bmt_sig and res["bottom_minus_top"] < 0
-    if (rho_for and bmt_against) or (rho_against and bmt_for):
-        return "mixed"
-    if rho_against or bmt_against:
-        return "contradicted"
-    if rho_for and bmt_for:
-        return "supported"
-    return "not_supported"
+    # the premise: lower window overlap, noisier reward (rho < 0, bottom minus top > 0)
+    return S.premise_verdict(-S.significant_sign(res["spearman_rho"], res["rho_ci_low"], res["rho_ci_high"]),
+                             S.significant_sign(res.get("bottom_minus_top"), res.get("bmt_ci_low"),
+                                                res.get("bmt_ci_high")))
 
 
 def analyse(cands: dict, n_boot: int = S.N_BOOT, seed: int = 0) -> dict:

@@ -309,3 +309,22 @@ def quantile_bins(x: Sequence[float], y: Sequence[float], n_bins: int = 5) -> li
 
 def ci_excludes_zero(lo: Optional[float], hi: Optional[float]) -> bool:
     return lo is not None and hi is not None and (lo > 0 or hi < 0)
+
+
+def significant_sign(value: Optional[float], lo: Optional[float], hi: Optional[float]) -> int:
+    """+1 / -1: ``value``'s sign when its CI [lo, hi] excludes 0; 0 otherwise (or no value)."""
+    if value is None or not ci_excludes_zero(lo, hi):
+        return 0
+    return 1 if value > 0 else -1 if value < 0 else 0
+
+
+def premise_verdict(a: int, b: int) -> str:
+    """The verdict of two tests of one premise, each +1 (significantly for it), -1 (against)
+    or 0: *mixed* when they are significant in opposite directions (not monotone: neither
+    direction may be claimed), *contradicted* when one is against and the other not for,
+    *supported* when both are for, else *not_supported*."""
+    if a * b < 0:
+        return "mixed"
+    if -1 in (a, b):
+        return "contradicted"
+    return "supported" if a == b == 1 else "not_supported"
