@@ -279,11 +279,11 @@ def _tokenizer():
     return build_char_tokenizer()
 
 
-def _tiny(seed, tok, eos_boost_from=None):
+def _tiny(seed, tok, eos_boost_from=None, layers=2):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                       num_attention_heads=2, num_key_value_heads=2,  # head size 32 (vLLM needs >= 32)
                       max_position_embeddings=MAX_LEN, tie_word_embeddings=True, use_sliding_window=False,
                       bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

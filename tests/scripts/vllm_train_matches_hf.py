@@ -4,35 +4,25 @@ rollouts (temperature 0) on sharpened tiny models make both backends roll out th
 so the two runs must end with the same weights -- which needs vLLM to have received the
 weights of the first update before the second rollout.  Run directly (one process) or under
 ``torchrun --nproc_per_node 2``; argv: <dir> <method> <zero_stage> <backend>.  Rank 0 writes
-``<dir>/<method>_z<stage>_<backend>.json`` (the run's summary and every generated sequence)."""
+``<dir>/<method>_z<stage>_<backend>.json`` (the run's summary, tokens generated per step and
+the first 64 values of every weight tensor of its checkpoint)."""
 import json
 import os
 import sys
 from pathlib import Path
 
-import torch
-
 
 def models(d: Path) -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    """Sharpened tiny Qwen2 teacher (2 layers) and student (1 layer): the vLLM tests' models."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_vllm_backend import _tiny, _tokenizer
 
     from pgopd.config import DataConfig, parse_dataclass
     from pgopd.data.prepare import prepare_data
-    from pgopd.models.tokenizer import build_char_tokenizer
 
-    tok = build_char_tokenizer()
+    tok = _tokenizer()
     for name, seed, layers in (("teacher", 0, 2), ("student", 1, 1)):
-        torch.manual_seed(seed)
-        cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                          num_attention_heads=2, num_key_value_heads=2,  # head size 32 (vLLM's minimum)
-                          max_position_embeddings=256, tie_word_embeddings=True, use_sliding_window=False,
-                          bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        m = Qwen2ForCausalLM(cfg)
-        with torch.no_grad():  # sharp next-token distributions: no near-ties in greedy decoding
-            for n, p in m.named_parameters():
-                if "norm" not in n:
-                    p.mul_(3.0)
-        m.save_pretrained(d / name)
+        _tiny(seed, tok, layers=layers).save_pretrained(d / name)
         tok.save_pretrained(d / name)
     prepare_data(parse_dataclass(DataConfig, {"synthetic": {"n_train": 40}, "benchmarks": {
         "easy": {"n": 4, "ops": 1}}}, "data"), d / "data")
