@@ -74,9 +74,9 @@ def cold_start_step(engine, rows: list[tuple[list[int], list[int]]], cfg: TrainC
     (n_global,) = dist.sum(float(sum(len(r) for _, r in rows)))
     total, ok = 0.0, True
     for j, (mb, n_chunks) in enumerate(zip(mbs, chunks)):
-        # an empty micro-batch (padding, for the same calls on every rank) trains nothing
-        batch = sft_batch([rows[i][0] for i in mb], [rows[i][1] for i in mb], pad_id) if mb \
-            else {**sft_batch([[pad_id]], [[pad_id]], pad_id), "mask_BT": torch.zeros((1, 1), dtype=torch.bool)}
+        # an empty micro-batch (padding, for the same calls on every rank): one row with no
+        # response, so nothing is trained
+        batch = sft_batch([rows[i][0] for i in mb] or [[pad_id]], [rows[i][1] for i in mb] or [[]], pad_id)
         engine.set_gradient_accumulation_boundary(j == len(mbs) - 1)
         # DeepSpeed averages gradients over ranks: x world makes them a sum over all tokens
         loss = sft_nll_sum(engine, engine.module, batch, cfg.logprob_chunk_tokens, n_chunks) * (dist.world / n_global)

@@ -55,11 +55,12 @@ def test_cold_start_rows_refuses_a_cache_without_correct_samples(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc,stage,budget", [(1, 0, 0), (2, 2, 40)])
+@pytest.mark.parametrize("nproc,stage,budget", [(1, 0, 0), (2, 2, 40), (2, 2, 24)])
 def test_cold_start_step_gradient_matches_one_plain_forward(tmp_path, nproc, stage, budget):
     """One process with one micro-batch, and two ZeRO-2 processes with micro-batches of 40
-    padded tokens: the gradient before the step is that of ``model(labels=...).loss`` over
-    all 12 rows (~15 s each on 2 cores)."""
+    padded tokens (3 on each rank) and of 24 (4 and 5: one rank runs an empty micro-batch):
+    the gradient before the step is that of ``model(labels=...).loss`` over all 12 rows
+    (~15 s each on 2 cores)."""
     torchrun_script("cold_start_check.py", tmp_path, stage, budget, nproc=nproc)
     for rank in range(nproc):
         rec = json.loads((tmp_path / f"rank{rank}.json").read_text())
